@@ -1,0 +1,159 @@
+"""AMQPConnection: one py-amqp connection, one channel, its declarations."""
+import logging
+import socket
+
+import amqp
+from amqp import exceptions as amqp_errors
+from zope.interface import implementer
+
+from zamqp.exceptions import ConnectionFailed
+from zamqp.interfaces import IConnection
+
+logger = logging.getLogger('zamqp')
+
+#: Errors after which the same call may work again (broker down, cut).
+RECOVERABLE = (OSError, amqp_errors.RecoverableConnectionError,
+               amqp_errors.RecoverableChannelError)
+
+
+def explain(exc, props, operation):
+    """Return a ConnectionFailed that names the cause and the setting."""
+    where = props.url()
+    if isinstance(exc, amqp_errors.AccessRefused):
+        return ConnectionFailed(
+            f"{operation}: {where} refused the login ({exc.reply_text}): "
+            "check user and password (RabbitMQ's guest user may only "
+            "connect from localhost)", recoverable=False)
+    if isinstance(exc, (amqp_errors.NotAllowed, amqp_errors.InvalidPath)):
+        return ConnectionFailed(
+            f"{operation}: {where} refused virtual host "
+            f"{props.virtual_host!r} ({exc.reply_text}): check "
+            "virtual_host and the user's permissions", recoverable=False)
+    if isinstance(exc, amqp_errors.PreconditionFailed):
+        return ConnectionFailed(
+            f"{operation}: {where} refused the declaration "
+            f"({exc.reply_text}): the exchange or queue exists with other "
+            "settings; use another name or delete it on the broker",
+            recoverable=False)
+    if isinstance(exc, socket.gaierror):
+        return ConnectionFailed(
+            f"{operation}: cannot resolve host {props.host!r} ({exc}): "
+            "check host")
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ConnectionFailed(
+            f"{operation}: {where} did not answer in time: check host and "
+            "port, or raise connect_timeout / timeout")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectionFailed(
+            f"{operation}: {where} refused the connection: is RabbitMQ "
+            "running there? check host and port")
+    recoverable = isinstance(exc, RECOVERABLE)
+    return ConnectionFailed(
+        f"{operation}: {where} failed: {type(exc).__name__}: {exc}",
+        recoverable=recoverable)
+
+
+def connect(props, heartbeat):
+    """Open and return a logged-in py-amqp connection for ``props``."""
+    conn = amqp.Connection(
+        host=props.address, userid=props.user, password=props.password,
+        virtual_host=props.virtual_host, ssl=props.ssl,
+        heartbeat=heartbeat, connect_timeout=props.connect_timeout,
+        read_timeout=props.timeout, write_timeout=props.timeout)
+    try:
+        conn.connect()
+    except Exception as exc:
+        _quietly(conn.collect)
+        raise explain(exc, props, 'connect') from exc
+    return conn
+
+
+def _quietly(func, *args):
+    try:
+        func(*args)
+    except Exception:
+        pass
+
+
+@implementer(IConnection)
+class AMQPConnection:
+    """A connection to ``props``' broker with one channel on its exchange.
+
+    ``mode='w'`` only declares the exchange. ``mode='r'`` also declares
+    the queue named ``queue`` and binds it to the exchange with
+    ``routing_key`` (default: the queue name); ``exclusive``,
+    ``durable`` and ``auto_delete`` are the queue's flags. Exchanges are
+    declared durable and never auto-deleted, so a producer's exchange
+    cannot vanish under it when the last consumer leaves.
+
+    Not thread-safe: one thread uses a connection at a time.
+    """
+
+    def __init__(self, queue, props, mode='w', routing_key=None,
+                 exclusive=False, durable=False, auto_delete=True,
+                 heartbeat=None):
+        if mode not in ('r', 'w'):
+            raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+        self.queue = queue
+        self.props = props
+        self.mode = mode
+        self.routing_key = queue if routing_key is None else routing_key
+        self.queue_flags = dict(exclusive=exclusive, durable=durable,
+                                auto_delete=auto_delete)
+        if heartbeat is None:
+            heartbeat = props.heartbeat if mode == 'r' else 0
+        self.heartbeat = heartbeat
+        self.connection = None
+        self._channel = None
+
+    @property
+    def channel(self):
+        if self._channel is None:
+            self._open()
+        return self._channel
+
+    @property
+    def is_open(self):
+        """True while a channel is open (no network call)."""
+        return self._channel is not None and self._channel.is_open
+
+    def _open(self):
+        self.connection = connect(self.props, self.heartbeat)
+        try:
+            channel = self.connection.channel()
+            self.declare(channel)
+        except Exception as exc:
+            self.close()
+            raise explain(exc, self.props, 'declare') from exc
+        self._channel = channel
+
+    def declare(self, channel):
+        """Declare the exchange, and in read mode the queue and binding."""
+        props = self.props
+        channel.exchange_declare(props.exchange, props.type, durable=True,
+                                 auto_delete=False)
+        if self.mode == 'r':
+            channel.queue_declare(self.queue, **self.queue_flags)
+            channel.queue_bind(self.queue, props.exchange, self.routing_key)
+
+    def close(self):
+        conn, self.connection, self._channel = self.connection, None, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except Exception:
+            logger.debug('closing %s failed; dropping the socket',
+                         self.props.url(), exc_info=True)
+            _quietly(conn.collect)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        state = 'open' if self.is_open else 'closed'
+        return (f'<AMQPConnection {self.queue!r} mode={self.mode!r} '
+                f'{self.props.url()} {state}>')

@@ -1,0 +1,104 @@
+"""Remote zope events: AMQPEvent publishes, AMQPEventCallback notifies."""
+import atexit
+import threading
+
+import zope.event
+from zope.interface import implementer
+
+from zamqp.interfaces import IAMQPEvent
+from zamqp.producer import AMQPProducer
+
+_lock = threading.Lock()
+_producers = {}
+_atexit_registered = False
+
+
+@implementer(IAMQPEvent)
+class AMQPEvent:
+    """Notify it to send ``payload`` to every consumer of ``queue``.
+
+    ``zope.event.notify(AMQPEvent(queue, props, payload))`` publishes the
+    payload (pickled) to ``props.exchange`` with routing key ``queue``.
+    Creating an AMQPEvent makes sure ``dispatch`` is one of
+    ``zope.event.subscribers``; in a Zope site the same dispatch also runs
+    as a subscriber of the component registry. Either way the payload is
+    published once per AMQPEvent: notify a new AMQPEvent to send again.
+    """
+
+    def __init__(self, queue, props, payload):
+        self.queue = queue
+        self.props = props
+        self.payload = payload
+        self._pending = True
+        install()
+
+    def publish(self):
+        if not self.__dict__.pop('_pending', False):
+            return False
+        producer_for(self.queue, self.props)(self.payload)
+        return True
+
+    def __repr__(self):
+        return (f'<AMQPEvent {self.queue!r} on {self.props.exchange!r}: '
+                f'{self.payload!r}>')
+
+
+def dispatch(event):
+    """Publish ``event``'s payload if it is an IAMQPEvent not yet sent.
+
+    Meant for ``zope.event.subscribers`` and, as a handler for
+    IAMQPEvent, for the component registry; both may run for one event.
+    """
+    if IAMQPEvent.providedBy(event):
+        event.publish()
+
+
+def install():
+    """Make ``dispatch`` a zope.event subscriber (once)."""
+    if dispatch not in zope.event.subscribers:
+        with _lock:
+            if dispatch not in zope.event.subscribers:
+                zope.event.subscribers.append(dispatch)
+
+
+def uninstall():
+    """Remove ``dispatch`` from zope.event's subscribers."""
+    with _lock:
+        while dispatch in zope.event.subscribers:
+            zope.event.subscribers.remove(dispatch)
+
+
+def producer_for(queue, props):
+    """The shared producer events for ``queue`` on ``props`` go through."""
+    key = (queue, props)
+    producer = _producers.get(key)
+    if producer is None:
+        with _lock:
+            producer = _producers.get(key)
+            if producer is None:
+                producer = _producers[key] = AMQPProducer(queue, props)
+                _close_at_exit()
+    return producer
+
+
+def _close_at_exit():
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(close_producers)
+        _atexit_registered = True
+
+
+def close_producers():
+    """Close the connections of the shared event producers."""
+    with _lock:
+        producers = list(_producers.values())
+        _producers.clear()
+    for producer in producers:
+        producer.close()
+
+
+class AMQPEventCallback:
+    """A consumer callback that notifies each received payload locally."""
+
+    def __call__(self, payload):
+        zope.event.notify(payload)

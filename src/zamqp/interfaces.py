@@ -1,0 +1,123 @@
+"""Contracts of zamqp's components."""
+from zope.interface import Attribute
+from zope.interface import Interface
+
+
+class IAMQPProps(Interface):
+    """Settings of a broker connection and of the exchange it publishes to.
+
+    Props are values: two props with the same settings compare equal and
+    hash alike, so they can key pools of connections.
+    """
+
+    host = Attribute("Broker host name or address.")
+    port = Attribute("Broker TCP port (5672, or 5671 with ssl).")
+    user = Attribute("User name to log in with.")
+    password = Attribute("Password; never shown in reprs or logs.")
+    virtual_host = Attribute("RabbitMQ virtual host, '/' by default.")
+    ssl = Attribute("False, True, or a dict of ssl options for py-amqp.")
+    exchange = Attribute("Name of the exchange messages go through.")
+    type = Attribute("Exchange type: 'fanout', 'direct' or 'topic'.")
+    heartbeat = Attribute("Heartbeat interval in seconds (0 turns it off).")
+    connect_timeout = Attribute("Seconds to wait for TCP connect and login.")
+    timeout = Attribute("Seconds any other blocking network call may take.")
+    accept = Attribute("Names of the serializers consumers decode.")
+    allow = Attribute("Allow rules for unpickling (see IAllowRules).")
+
+    def url():
+        """Return the amqp:// URL of these props, without the password."""
+
+
+class IConnection(Interface):
+    """A py-amqp connection with one channel and the declarations it needs.
+
+    Nothing touches the network until ``channel`` is first read.
+    """
+
+    channel = Attribute(
+        "The open py-amqp channel; the first access connects and declares "
+        "the exchange (and in read mode the queue and its binding).")
+
+    def close():
+        """Close channel and connection; safe to call more than once."""
+
+
+class ISerializer(Interface):
+    """Turns Python objects into message bodies and back."""
+
+    name = Attribute("Short name users choose it by, e.g. 'json'.")
+    content_type = Attribute("MIME type written on every message.")
+
+    def dumps(obj):
+        """Return the body (bytes) for ``obj``."""
+
+    def loads(body, allow):
+        """Return the object of ``body``.
+
+        ``allow`` is an IAllowRules that serializers able to create
+        arbitrary objects must obey; raise zamqp.exceptions.MessageRefused
+        for anything they do not allow.
+        """
+
+
+class IAllowRules(Interface):
+    """Which globals a restricted unpickler may resolve."""
+
+    def allows(module, name):
+        """Tell whether ``module.name`` may be looked up by name."""
+
+    def accepts(obj, module, name):
+        """Tell whether the object found for ``module.name`` may be used."""
+
+
+class IDecoder(Interface):
+    """Turns a received AMQP message into the object its sender sent."""
+
+    def __call__(message):
+        """Return the decoded body or raise MessageRefused with a reason.
+
+        Steps run in order (a signature check fits in front of decoding);
+        no step may run code named by the message.
+        """
+
+
+class IProducer(Interface):
+    """Publishes messages to one exchange with one routing key."""
+
+    def __call__(message, routing_key=None, headers=None):
+        """Serialize and publish ``message``; return its message id.
+
+        Safe to call from several threads; reuses one connection.
+        """
+
+    def close():
+        """Close the connection; the next call opens a new one."""
+
+
+class IConsumer(Interface):
+    """Receives messages from a queue and hands them to a callback."""
+
+    queue_name = Attribute("Name of the queue on the broker.")
+
+    def run():
+        """Consume until ``stop`` is called; blocks the calling thread."""
+
+    def stop():
+        """Ask ``run`` to return; never blocks."""
+
+    def handle(message):
+        """Decode one AMQP message and pass its body to the callback.
+
+        Refused messages and callback errors are logged, never raised.
+        """
+
+
+class IAMQPEvent(Interface):
+    """An event whose payload is published when it is notified."""
+
+    queue = Attribute("Queue name, used as the routing key.")
+    props = Attribute("IAMQPProps of the exchange to publish to.")
+    payload = Attribute("The object to send; notified in each receiver.")
+
+    def publish():
+        """Publish the payload unless already done; return True if sent."""

@@ -1,0 +1,41 @@
+"""The runner of 1.0b2: one event consumer thread per process."""
+import atexit
+import threading
+
+from zamqp.consumer import AMQPConsumer
+from zamqp.consumer import AMQPThread
+from zamqp.events import AMQPEventCallback
+
+_lock = threading.Lock()
+_thread = None
+_atexit_registered = False
+
+
+def create_consumer(props, queue, **consumer_options):
+    """Start a thread that notifies every AMQPEvent payload sent to
+    ``queue`` on ``props.exchange`` as a local zope event.
+
+    Calling it again stops the previous consumer and starts the new one;
+    the consumer is stopped when the interpreter exits. Returns the
+    started AMQPThread. ``consumer_options`` go to AMQPConsumer (for
+    example ``allow=[MyEvent]``).
+    """
+    global _thread, _atexit_registered
+    consumer = AMQPConsumer(queue, props, AMQPEventCallback(),
+                            **consumer_options)
+    with _lock:
+        close()
+        _thread = AMQPThread(consumer)
+        if not _atexit_registered:
+            atexit.register(close)
+            _atexit_registered = True
+        _thread.start()
+        return _thread
+
+
+def close():
+    """Stop the consumer started by ``create_consumer``, if any."""
+    global _thread
+    thread, _thread = _thread, None
+    if thread is not None:
+        thread.stop()
