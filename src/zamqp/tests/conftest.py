@@ -1,0 +1,72 @@
+"""Fixtures: every test gets exchanges of its own on the real broker."""
+import pytest
+import zope.event
+
+from zamqp import events
+from zamqp import runner
+from zamqp.consumer import AMQPThread
+from zamqp.testhelpers import Admin
+from zamqp.testhelpers import broker_props
+from zamqp.testhelpers import zamqp_threads
+
+
+@pytest.fixture
+def admin():
+    """A raw py-amqp connection for checks on the broker."""
+    conn = Admin()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def make_props(admin):
+    """Make AMQPProps on a fresh exchange; the exchange goes at teardown."""
+    made = []
+
+    def make(**kw):
+        props = broker_props(**kw)
+        made.append(props.exchange)
+        return props
+
+    yield make
+    for exchange in made:
+        admin.delete_exchange(exchange)
+
+
+@pytest.fixture
+def props(make_props):
+    """Props of a fanout exchange of this test's own."""
+    return make_props()
+
+
+@pytest.fixture
+def start():
+    """Start an AMQPThread for a consumer; all are stopped at teardown."""
+    started = []
+
+    def start(consumer):
+        thread = AMQPThread(consumer)
+        started.append(thread)
+        thread.start()
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_globals():
+    """Leave zope.event, the event producers and the runner as found."""
+    subscribers = list(zope.event.subscribers)
+    yield
+    runner.close()
+    events.close_producers()
+    zope.event.subscribers[:] = subscribers
+
+
+@pytest.fixture
+def no_leaked_threads():
+    """Fail the test if a consumer thread outlives it."""
+    yield
+    assert zamqp_threads() == []
