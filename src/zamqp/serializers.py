@@ -49,6 +49,12 @@ def register(serializer):
     _by_content_type[serializer.content_type] = serializer
 
 
+def unregister(name):
+    """Forget the serializer registered as ``name``."""
+    serializer = _by_name.pop(name)
+    del _by_content_type[serializer.content_type]
+
+
 def get(name):
     """The serializer registered as ``name``."""
     check_names([name], 'serializer=')

@@ -1,4 +1,5 @@
 """Restricted unpickling: a pickle may only name globals that are allowed."""
+import _compat_pickle
 import fnmatch
 import io
 import pickle
@@ -24,6 +25,13 @@ def _bytearray(*args):
     return bytearray(*args)
 
 
+def _latin1(text, encoding):
+    """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 only."""
+    if encoding not in ('latin1', 'latin-1'):
+        raise UnpicklingRefused(f"encoding {encoding!r} is refused in pickles")
+    return text.encode('latin-1')
+
+
 #: Value types any consumer may unpickle, with safe stand-ins where the
 #: real callable could be abused (``bytes(10**12)``).
 SAFE_GLOBALS = {
@@ -32,7 +40,7 @@ SAFE_GLOBALS = {
     'builtins.bytes': _bytes, 'builtins.bytearray': _bytearray,
     'builtins.list': list, 'builtins.tuple': tuple, 'builtins.dict': dict,
     'builtins.set': set, 'builtins.frozenset': frozenset,
-    'builtins.slice': slice,
+    'builtins.slice': slice, '_codecs.encode': _latin1,
     'datetime.date': None, 'datetime.time': None,
     'datetime.datetime': None, 'datetime.timedelta': None,
     'datetime.timezone': None,
@@ -144,6 +152,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.rules = rules
 
     def find_class(self, module, name):
+        module, name = python3_name(module, name)
         dotted = f'{module}.{name}'
         if not self.rules.allows(module, name):
             raise UnpicklingRefused(refusal(module, name))
@@ -158,6 +167,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnpicklingRefused(
             "refused to unpickle a persistent reference: zamqp messages "
             "cannot refer to objects of a database")
+
+
+def python3_name(module, name):
+    """The Python 3 name of a global a protocol 0-2 pickle may name."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 def loads(body, rules):
