@@ -57,6 +57,10 @@ class Admin:
         except amqp_errors.NotFound:
             self.channel = self.connection.channel()
             return False
+        except amqp_errors.ResourceLocked:
+            # an exclusive queue of another connection: it exists
+            self.channel = self.connection.channel()
+            return True
         return True
 
     def queue_depth(self, name):
