@@ -169,7 +169,7 @@ class AMQPConsumer:
     def _callback_failed(self, message):
         requeue = self.ack and not message.delivery_info.get('redelivered')
         fate = ('requeued once' if requeue else
-                'dropped' if self.ack else 'not acknowledged (auto-ack)')
+                'dropped' if self.ack else 'lost (the consumer does not ack)')
         logger.exception('consumer %s: callback %r failed on message %s; '
                          'the message is %s, the consumer goes on',
                          self.queue_name, self.callback,
