@@ -1,0 +1,260 @@
+"""Starting and stopping consumers, opening and closing connections."""
+import threading
+import time
+
+import amqp
+import pytest
+from amqp import exceptions as amqp_errors
+
+from zamqp import AMQPConnection
+from zamqp import AMQPConsumer
+from zamqp import AMQPProducer
+from zamqp import AMQPThread
+from zamqp.testhelpers import unique
+from zamqp.testhelpers import wait_for
+from zamqp.testhelpers import zamqp_threads
+
+
+def test_stop_is_quick_while_idle(props, no_leaked_threads):
+    thread = AMQPThread(AMQPConsumer('idle', props, print))
+    thread.start()
+    assert thread.is_alive()
+    time.sleep(0.3)          # let it sit in drain_events with nothing to do
+    begin = time.monotonic()
+    assert thread.stop() is True
+    assert time.monotonic() - begin < 2
+    assert not thread.is_alive()
+
+
+def test_thread_is_daemon_named_after_queue(props, start, no_leaked_threads):
+    thread = start(AMQPConsumer('named-q', props, print))
+    assert thread.daemon
+    assert 'named-q' in thread.name
+    assert thread.name.startswith('zamqp-')
+    assert zamqp_threads() == [thread]
+    assert thread.stop()
+    assert zamqp_threads() == []
+
+
+def test_thread_name_can_be_given(props, no_leaked_threads):
+    thread = AMQPThread(AMQPConsumer('q', props, print), name='zamqp-mine')
+    thread.start()
+    assert thread.name == 'zamqp-mine'
+    assert thread.stop()
+
+
+def test_stop_several_threads(props, no_leaked_threads):
+    threads = [AMQPThread(AMQPConsumer(f'q{n}', props, print))
+               for n in range(3)]
+    for thread in threads:
+        thread.start()
+    assert len(zamqp_threads()) == 3
+    for thread in threads:
+        thread.consumer.stop()
+    assert all(thread.stop() for thread in threads)
+
+
+def test_stop_before_start_and_twice(props, no_leaked_threads):
+    thread = AMQPThread(AMQPConsumer('q', props, print))
+    assert thread.stop() is True
+    thread = AMQPThread(AMQPConsumer('q', props, print))
+    thread.start()
+    assert thread.stop() and thread.stop()
+
+
+def test_stop_from_the_callback(props, no_leaked_threads):
+    holder = []
+
+    def callback(body):
+        holder[0].stop()     # the thread's own stop: must not join itself
+
+    thread = AMQPThread(AMQPConsumer('q', props, callback))
+    holder.append(thread)
+    thread.start()
+    AMQPProducer('q', props)('stop!')
+    assert wait_for(lambda: not thread.is_alive(), timeout=3)
+
+
+def test_exclusive_queue_gone_after_stop(props, start, admin,
+                                         no_leaked_threads):
+    consumer = AMQPConsumer('excl', props, print)
+    thread = start(consumer)
+    assert admin.queue_exists(consumer.queue_name)
+    with pytest.raises(amqp_errors.ResourceLocked):   # exclusive to it
+        admin.channel.queue_declare(consumer.queue_name, passive=True)
+    admin.channel = admin.connection.channel()
+    assert thread.stop()
+    assert wait_for(lambda: not admin.queue_exists(consumer.queue_name),
+                    timeout=2)
+
+
+def test_shared_queue_removed_with_last_consumer(props, start, admin,
+                                                 no_leaked_threads):
+    name = unique('shared')   # queue names are global on the broker
+    first = start(AMQPConsumer(name, props, print, shared=True))
+    second = start(AMQPConsumer(name, props, print, shared=True))
+    assert admin.queue_exists(name)
+    assert first.stop()
+    time.sleep(0.2)
+    assert admin.queue_exists(name)     # one consumer is left
+    assert second.stop()
+    assert wait_for(lambda: not admin.queue_exists(name), timeout=2)
+
+
+def test_durable_shared_queue_stays(props, start, admin, no_leaked_threads):
+    name = f'durable-{props.exchange}'
+    try:
+        thread = start(AMQPConsumer(name, props, print, shared=True,
+                                    durable=True))
+        assert thread.stop()
+        time.sleep(0.2)
+        assert admin.queue_exists(name)
+    finally:
+        admin.delete_queue(name)
+
+
+def test_connection_context_manager_closes(props):
+    with AMQPConnection('cm', props) as conn:
+        assert conn.channel.is_open
+        raw = conn.connection
+        assert raw.connected
+    assert conn.connection is None
+    assert not conn.is_open
+    assert not raw.connected
+    conn.close()                               # twice is fine
+
+
+def test_connection_closes_on_error_in_block(props):
+    with pytest.raises(KeyError):
+        with AMQPConnection('cm', props) as conn:
+            raw = conn.connection if conn.channel else None
+            raise KeyError('x')
+    assert conn.connection is None
+    assert not raw.connected
+
+
+def _exchange_exists(admin, name):
+    try:
+        admin.channel.exchange_declare(name, 'fanout', passive=True)
+    except amqp_errors.NotFound:
+        admin.channel = admin.connection.channel()
+        return False
+    return True
+
+
+def test_channel_is_lazy_write_mode(make_props, admin):
+    props = make_props(type='direct')
+    conn = AMQPConnection('lazy', props)
+    assert conn.connection is None
+    assert not conn.is_open
+    assert not _exchange_exists(admin, props.exchange)
+    with conn:
+        channel = conn.channel
+        assert conn.connection is not None
+        assert conn.channel is channel         # opened once
+        assert _exchange_exists(admin, props.exchange)
+        assert not admin.queue_exists('lazy')  # 'w' declares no queue
+
+
+def test_channel_is_lazy_read_mode(make_props, admin):
+    props = make_props(type='direct')
+    name = f'lazy-{props.exchange}'
+    conn = AMQPConnection(name, props, mode='r', routing_key='key')
+    assert conn.connection is None
+    assert not admin.queue_exists(name)
+    try:
+        with conn:
+            conn.channel
+            assert _exchange_exists(admin, props.exchange)
+            assert admin.queue_exists(name)
+            # bound with routing_key: a message with that key lands there
+            admin.channel.basic_publish(amqp.Message(b'x'), props.exchange,
+                                        'other')
+            admin.channel.basic_publish(amqp.Message(b'x'), props.exchange,
+                                        'key')
+            assert wait_for(lambda: admin.queue_depth(name) == 1)
+    finally:
+        admin.delete_queue(name)
+
+
+def test_connection_bad_mode(props):
+    with pytest.raises(ValueError):
+        AMQPConnection('q', props, mode='x')
+
+
+def test_producer_reuses_its_connection(props, start):
+    got = []
+    start(AMQPConsumer('reuse', props, got.append))
+    producer = AMQPProducer('reuse', props)
+    assert producer.connection.connection is None     # nothing yet
+    producer(1)
+    raw = producer.connection.connection
+    for n in range(2, 6):
+        producer(n)
+        assert producer.connection.connection is raw
+    assert wait_for(lambda: got == [1, 2, 3, 4, 5])
+    producer.close()
+    assert producer.connection.connection is None
+    assert not raw.connected
+
+
+def test_producer_threads_share_one_connection(props, start):
+    got = []
+    start(AMQPConsumer('reuse', props, got.append))
+    producer = AMQPProducer('reuse', props)
+    producer(0)
+    raw = producer.connection.connection
+
+    def send(base):
+        for n in range(20):
+            producer(base + n)
+
+    threads = [threading.Thread(target=send, args=(b,))
+               for b in (100, 200, 300)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert producer.connection.connection is raw
+    assert wait_for(lambda: len(got) == 61)
+    assert sorted(got) == [0] + [b + n for b in (100, 200, 300)
+                                 for n in range(20)]
+    producer.close()
+
+
+def test_producer_reconnects_after_close_under_it(props, start):
+    got = []
+    start(AMQPConsumer('reco', props, got.append))
+    producer = AMQPProducer('reco', props)
+    producer('before')
+    old = producer.connection.connection
+    old.close()                        # closed behind the producer's back
+    producer('after')
+    assert producer.connection.connection is not old
+    assert producer.connection.connection.connected
+    assert wait_for(lambda: got == ['before', 'after'])
+    producer.close()
+
+
+def test_producer_reconnects_after_socket_dropped(props, start):
+    got = []
+    start(AMQPConsumer('reco', props, got.append))
+    producer = AMQPProducer('reco', props)
+    producer('before')
+    old = producer.connection.connection
+    old.transport.sock.shutdown(2)       # the network went away
+    producer('after')
+    assert wait_for(lambda: got[-1:] == ['after'])
+    assert producer.connection.connection is not old
+    producer.close()
+
+
+def test_producer_close_then_call_reopens(props, start):
+    got = []
+    start(AMQPConsumer('reopen', props, got.append))
+    producer = AMQPProducer('reopen', props)
+    producer('a')
+    producer.close()
+    producer('b')
+    assert wait_for(lambda: got == ['a', 'b'])
+    producer.close()
