@@ -47,6 +47,7 @@ class AMQPConsumer:
     """
 
     poll_interval = 0.2     # seconds between checks of the stop flag
+    min_backoff = 0.5       # seconds before the first reconnect attempt
     max_backoff = 30.0      # seconds between reconnect attempts, at most
 
     def __init__(self, queue, props, callback, routing_key=None,
@@ -72,18 +73,21 @@ class AMQPConsumer:
     # consuming
 
     def run(self):
-        delay = 0.5
+        delay = self.min_backoff
         while not self._stopping.is_set():
+            began = time.monotonic()
             try:
                 self.connection = self._connect()
             except ConnectionFailed as exc:
                 if not self._failed(exc):
                     return
-                self._stopping.wait(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.max_backoff)
-                continue
-            delay = 0.5
-            self._consume()
+            else:
+                self._consume()
+                if time.monotonic() - began > self.max_backoff:
+                    delay = self.min_backoff    # a long session: start over
+            if self._stopping.wait(delay * random.uniform(0.5, 1.0)):
+                return
+            delay = min(delay * 2, self.max_backoff)
 
     def _connect(self):
         conn = AMQPConnection(

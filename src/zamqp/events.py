@@ -35,7 +35,11 @@ class AMQPEvent:
     def publish(self):
         if not self.__dict__.pop('_pending', False):
             return False
-        producer_for(self.queue, self.props)(self.payload)
+        try:
+            producer_for(self.queue, self.props)(self.payload)
+        except BaseException:
+            self._pending = True    # not sent: notifying again may send it
+            raise
         return True
 
     def __repr__(self):

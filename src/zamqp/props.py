@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
+from zamqp import serializers
 from zamqp.exceptions import ConfigurationError
 from zamqp.interfaces import IAMQPProps
 from zamqp.unpickling import AllowRules
@@ -53,7 +54,7 @@ class AMQPProps:
             self.port = 5671 if self.ssl else 5672
         self.exchange = exchange
         self.type = type
-        self.accept = tuple(accept)
+        self.accept = serializers.names(accept)
         self.allow = AllowRules.from_spec(allow)
         self._validate()
 
@@ -81,8 +82,7 @@ class AMQPProps:
                 raise ConfigurationError(
                     f"{name} must be a number of seconds >= 0, "
                     f"got {value!r}: fix AMQPProps({name}=...)")
-        from zamqp.serializers import check_names
-        check_names(self.accept, 'AMQPProps(accept=...)')
+        serializers.check_names(self.accept, 'AMQPProps(accept=...)')
 
     @property
     def address(self):

@@ -61,6 +61,11 @@ def get(name):
     return _by_name[name]
 
 
+def names(value):
+    """A tuple of serializer names from one name or an iterable of them."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def check_names(names, setting):
     """Raise ConfigurationError naming ``setting`` for unknown names."""
     for name in names:
@@ -84,8 +89,8 @@ class Decoder:
     """
 
     def __init__(self, accept, allow):
-        check_names(accept, 'accept=')
-        self.accept = tuple(accept)
+        self.accept = names(accept)
+        check_names(self.accept, 'accept=')
         self.allow = allow
         self._serializers = {_by_name[n].content_type: _by_name[n]
                              for n in self.accept}

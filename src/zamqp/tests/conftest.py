@@ -52,6 +52,8 @@ def start():
 
     yield start
     for thread in started:
+        thread.consumer.stop()
+    for thread in started:
         thread.stop()
 
 

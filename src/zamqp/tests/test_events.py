@@ -148,3 +148,20 @@ def test_close_producers_closes_connections(props, received):
     assert events._producers == {}
     assert producer.connection.connection is None
     assert not connection.connected
+
+
+def test_event_that_failed_to_publish_can_be_sent_again(props, received):
+    import socket
+    from zamqp import AMQPProps
+    from zamqp import ConnectionFailed
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    event = AMQPEvent('ev', AMQPProps(host='127.0.0.1', port=port),
+                       Ping('retry'))
+    with pytest.raises(ConnectionFailed):
+        zope.event.notify(event)
+    event.props = props
+    assert event.publish() is True
+    assert wait_for(lambda: len(received) == 1)
+    assert event.publish() is False

@@ -258,3 +258,20 @@ def test_producer_close_then_call_reopens(props, start):
     producer('b')
     assert wait_for(lambda: got == ['a', 'b'])
     producer.close()
+
+
+def test_consumer_reconnects_after_its_socket_dies(props, start, caplog):
+    import logging
+    import socket
+    caplog.set_level(logging.INFO, 'zamqp')
+    got = []
+    consumer = AMQPConsumer('rc', props, got.append)
+    start(consumer)
+    first = consumer.connection
+    first.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+    assert wait_for(lambda: consumer.connection is not first
+                    and consumer.connection.is_open, timeout=10)
+    AMQPProducer('rc', props)('after the cut')
+    assert wait_for(lambda: got == ['after the cut'])
+    logged = [r.getMessage() for r in caplog.records]
+    assert any('connected again' in line for line in logged)

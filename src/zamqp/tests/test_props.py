@@ -89,3 +89,8 @@ def test_props_are_values():
 
 def test_ipv6_host_address():
     assert AMQPProps(host='::1').address == '[::1]:5672'
+
+
+def test_accept_takes_one_name_or_several():
+    assert AMQPProps(accept='json').accept == ('json',)
+    assert AMQPProps(accept=['json', 'pickle']).accept == ('json', 'pickle')
