@@ -124,18 +124,22 @@ class Bench:
         self.wait_depth(queue, self.n)
 
     def cleanup(self):
-        channel = self.admin_channel
-        for queue in self.queues:
-            try:
-                channel.queue_delete(queue)
-            except amqp_errors.NotFound:
-                channel = self.admin.channel()
-            except Exception:
-                pass
+        """Delete this run's queues and exchange, on a fresh connection."""
         try:
+            self.admin.close()
+        except Exception:
+            pass
+        conn = self.raw_connection()
+        try:
+            channel = conn.channel()
+            for queue in self.queues:
+                try:
+                    channel.queue_delete(queue)
+                except amqp_errors.NotFound:
+                    channel = conn.channel()
             channel.exchange_delete(self.exchange)
         finally:
-            self.admin.close()
+            conn.close()
 
     # publish
 
@@ -270,13 +274,13 @@ class Counter:
 
 
 def run(args):
-    bench = Bench(args.url, args.messages)
-    size = len(pickle.dumps(bench.objects[-1], PROTOCOL))
+    size = len(pickle.dumps(payload(args.messages - 1), PROTOCOL))
     print(f'zamqp ({os.path.dirname(zamqp.__file__)}) vs raw py-amqp '
-          f'{amqp.__version__}, {bench.props.url()}\n'
+          f'{amqp.__version__}, {AMQPProps(url=args.url).url()}\n'
           f'{args.messages} messages of {size} bytes (pickled dict) per '
           f'measurement, {args.rounds} rounds; per round: raw/zamqp msg/s '
           'and ratio')
+    bench = Bench(args.url, args.messages)
     tests = {
         'publish': (bench.publish_raw, bench.publish_zamqp),
         'consume(auto-ack)': (lambda: bench.consume_raw(False),
