@@ -8,6 +8,9 @@ from zope.interface import implementer
 
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConnection
+from zamqp.transport import PublisherConnection
+from zamqp.transport import Readiness
+from zamqp.transport import connection_class
 
 logger = logging.getLogger('zamqp')
 
@@ -53,9 +56,9 @@ def explain(exc, props, operation):
         recoverable=recoverable)
 
 
-def connect(props, heartbeat):
+def connect(props, heartbeat, factory=amqp.Connection):
     """Open and return a logged-in py-amqp connection for ``props``."""
-    conn = amqp.Connection(
+    conn = factory(
         host=props.address, userid=props.user, password=props.password,
         virtual_host=props.virtual_host, ssl=props.ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
@@ -86,12 +89,16 @@ class AMQPConnection:
     declared durable and never auto-deleted, so a producer's exchange
     cannot vanish under it when the last consumer leaves.
 
+    ``publisher=True`` is for a caller that calls ``poll()`` before each
+    publish (AMQPProducer does): py-amqp's own, dearer check before each
+    basic_publish is then switched off (see zamqp.transport).
+
     Not thread-safe: one thread uses a connection at a time.
     """
 
     def __init__(self, queue, props, mode='w', routing_key=None,
                  exclusive=False, durable=False, auto_delete=True,
-                 heartbeat=None):
+                 heartbeat=None, publisher=False):
         if mode not in ('r', 'w'):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         self.queue = queue
@@ -103,8 +110,10 @@ class AMQPConnection:
         if heartbeat is None:
             heartbeat = props.heartbeat if mode == 'r' else 0
         self.heartbeat = heartbeat
+        self.factory = connection_class(mode, publisher, props.ssl)
         self.connection = None
         self._channel = None
+        self._readiness = None
 
     @property
     def channel(self):
@@ -118,14 +127,25 @@ class AMQPConnection:
         return self._channel is not None and self._channel.is_open
 
     def _open(self):
-        self.connection = connect(self.props, self.heartbeat)
+        self.connection = connect(self.props, self.heartbeat, self.factory)
         try:
             channel = self.connection.channel()
             self.declare(channel)
         except Exception as exc:
             self.close()
             raise explain(exc, self.props, 'declare') from exc
+        if self.factory is PublisherConnection:
+            self._readiness = Readiness(self.connection)
         self._channel = channel
+
+    def poll(self):
+        """Handle what the broker sent, if anything, without waiting.
+
+        A channel or connection the broker closed raises here. A no-op
+        unless ``publisher=True`` (py-amqp then polls by itself).
+        """
+        if self._readiness is not None:
+            self._readiness.poll()
 
     def declare(self, channel):
         """Declare the exchange, and in read mode the queue and binding."""
@@ -138,6 +158,7 @@ class AMQPConnection:
 
     def close(self):
         conn, self.connection, self._channel = self.connection, None, None
+        self._readiness = None
         if conn is None:
             return
         try:

@@ -42,7 +42,8 @@ class AMQPProducer:
         self.routing_key = queue if routing_key is None else routing_key
         self.serializer = serializers.get(serializer)
         self.delivery_mode = 2 if persistent else 1
-        self.connection = AMQPConnection(queue, props, mode='w')
+        self.connection = AMQPConnection(queue, props, mode='w',
+                                         publisher=True)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:12]
@@ -83,6 +84,7 @@ class AMQPProducer:
 
     def _send(self, msg, key):
         channel = self.connection.channel
+        self.connection.poll()
         channel.basic_publish(msg, self.props.exchange, key)
 
     def close(self):
