@@ -72,3 +72,17 @@ def no_leaked_threads():
     """Fail the test if a consumer thread outlives it."""
     yield
     assert zamqp_threads() == []
+
+
+@pytest.fixture
+def pings():
+    """The Ping payloads notified locally, via a zope.event subscriber."""
+    from zamqp.tests.eventtypes import Ping
+    seen = []
+
+    def subscriber(event):
+        if isinstance(event, Ping):
+            seen.append(event)
+
+    zope.event.subscribers.append(subscriber)
+    return seen

@@ -19,19 +19,6 @@ from zamqp.tests.eventtypes import Ping
 
 
 @pytest.fixture
-def pings():
-    """The Ping payloads notified locally, via a zope.event subscriber."""
-    seen = []
-
-    def subscriber(event):
-        if isinstance(event, Ping):
-            seen.append(event)
-
-    zope.event.subscribers.append(subscriber)
-    return seen
-
-
-@pytest.fixture
 def received(props, start):
     """Every body published to the 'ev' queue of ``props``, raw."""
     got = []

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import zope.event
 
 from zamqp import AMQPEvent
@@ -14,18 +13,6 @@ from zamqp.testhelpers import wait_for
 from zamqp.testhelpers import zamqp_threads
 from zamqp.tests import listener
 from zamqp.tests.eventtypes import Ping
-
-
-@pytest.fixture
-def pings():
-    seen = []
-
-    def subscriber(event):
-        if isinstance(event, Ping):
-            seen.append(event)
-
-    zope.event.subscribers.append(subscriber)
-    return seen
 
 
 def test_create_consumer_notifies_events(props, pings, no_leaked_threads):
