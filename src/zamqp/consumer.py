@@ -39,7 +39,10 @@ class AMQPConsumer:
     callback returned; a failing callback's message is requeued once and
     then dropped, with a log line each time. ``accept`` names the
     serializers decoded (default: ``props.accept``); ``allow`` adds
-    classes to the unpickling allow rules of ``props.allow``.
+    classes to the unpickling allow rules of ``props.allow``. With
+    ``pass_message=True`` the callback is called as
+    ``callback(body, message)``, ``message`` being the py-amqp message
+    (headers, properties, delivery info).
 
     Refused messages and callback errors are logged, never raised: the
     consumer goes on. A lost connection is re-established with backoff;
@@ -52,7 +55,7 @@ class AMQPConsumer:
 
     def __init__(self, queue, props, callback, routing_key=None,
                  shared=False, durable=False, ack=None, prefetch=100,
-                 accept=None, allow=()):
+                 accept=None, allow=(), pass_message=False):
         self.queue = queue
         self.props = props
         self.callback = callback
@@ -62,6 +65,7 @@ class AMQPConsumer:
         self.routing_key = queue if routing_key is None else routing_key
         self.ack = shared if ack is None else ack
         self.prefetch = prefetch
+        self.pass_message = pass_message
         accept = props.accept if accept is None else accept
         self.decoder = Decoder(accept, props.allow | AllowRules.from_spec(allow))
         self.connection = None
@@ -164,7 +168,10 @@ class AMQPConsumer:
             self._settle(message, False, requeue=False)
             return
         try:
-            self.callback(body)
+            if self.pass_message:
+                self.callback(body, message)
+            else:
+                self.callback(body)
         except Exception:
             self._callback_failed(message)
             return

@@ -121,3 +121,29 @@ class IAMQPEvent(Interface):
 
     def publish():
         """Publish the payload unless already done; return True if sent."""
+
+
+class IMessageReceived(Interface):
+    """Notified (or passed to a consumer's handler) for each message a
+    consumer declared in ZCML receives."""
+
+    consumer = Attribute("Name of the consumer that received it.")
+    body = Attribute("The decoded body: the object the sender sent.")
+    message = Attribute("The py-amqp message: headers, properties, "
+                        "delivery info.")
+    site = Attribute("Inside a Zope instance, the site the handler runs "
+                     "in; None elsewhere.")
+
+
+class IConsumerSpec(Interface):
+    """A consumer declared in configuration, started with the process."""
+
+    name = Attribute("The consumer's name; its thread is "
+                     "'zamqp-consumer-<name>'.")
+
+    def create(database=None):
+        """Return a new, not yet started IConsumer.
+
+        With a ZODB ``database``, each message is handled in a
+        transaction on a connection of that database.
+        """

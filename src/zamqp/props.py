@@ -84,6 +84,14 @@ class AMQPProps:
                     f"got {value!r}: fix AMQPProps({name}=...)")
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
 
+    def replace(self, **changes):
+        """New props with the same settings but ``changes``."""
+        settings = {name: getattr(self, name) for name in DEFAULTS}
+        settings.update(exchange=self.exchange, type=self.type,
+                        accept=self.accept, allow=self.allow)
+        settings.update(changes)
+        return AMQPProps(**settings)
+
     @property
     def address(self):
         """``host:port`` as py-amqp wants it."""

@@ -1,0 +1,99 @@
+"""Start every configured consumer with the database, stop them at exit."""
+import atexit
+import logging
+import signal
+import threading
+
+import zope.component
+
+from zamqp import settings
+from zamqp.consumer import AMQPThread
+from zamqp.interfaces import IConsumerSpec
+
+logger = logging.getLogger('zamqp')
+_lock = threading.Lock()
+_threads = {}
+_arranged = False
+_atexit_registered = False
+_previous_sigterm = None
+
+
+def database_opened(event):
+    """IDatabaseOpenedWithRoot subscriber: start the consumers."""
+    if not settings.consumers_enabled():
+        logger.info('configured consumers kept off (%s or <product-config '
+                    'zamqp> consumers)', settings.CONSUMERS_VARIABLE)
+        return
+    start(event.database)
+
+
+def start(database=None):
+    """Start a thread for each configured consumer not running yet.
+
+    Never blocks on the broker: a consumer that cannot connect logs it
+    and keeps trying in its thread. Returns the names started.
+    """
+    started = []
+    with _lock:
+        for name, spec in zope.component.getUtilitiesFor(IConsumerSpec):
+            if name in _threads and _threads[name].is_alive():
+                continue
+            thread = AMQPThread(spec.create(database),
+                                name=f'zamqp-consumer-{name}')
+            thread.start(timeout=0)
+            _threads[name] = thread
+            started.append(name)
+    if started:
+        logger.info('started consumers: %s', ', '.join(sorted(started)))
+    _arrange_stop()
+    return started
+
+
+def stop(timeout=2.0):
+    """Stop every started consumer; return True if all threads ended."""
+    with _lock:
+        threads = list(_threads.values())
+        _threads.clear()
+    for thread in threads:
+        thread.consumer.stop()
+    return all([thread.stop(timeout) for thread in threads])
+
+
+def running():
+    """Names of the consumers whose threads are alive."""
+    with _lock:
+        return sorted(n for n, t in _threads.items() if t.is_alive())
+
+
+def _arrange_stop():
+    """Stop consumers at exit and on SIGTERM (once, from MainThread)."""
+    global _arranged, _atexit_registered, _previous_sigterm
+    if _arranged:
+        return
+    _arranged = True
+    if not _atexit_registered:
+        atexit.register(stop)
+        _atexit_registered = True
+    if threading.current_thread() is threading.main_thread():
+        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, frame):
+    """Stop the consumers, then do what SIGTERM did before."""
+    logger.info('SIGTERM: stopping consumers')
+    stop()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        # the default action, but with atexit handlers and finally
+        # blocks run: exit as a process killed by SIGTERM reports
+        raise SystemExit(128 + signum)
+
+
+def restore_sigterm():
+    """Put back the SIGTERM handler found before (for tests)."""
+    global _arranged
+    if _arranged and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
+    _arranged = False

@@ -1,0 +1,57 @@
+"""ConsumerSpec: a consumer declared in configuration, made at startup."""
+import zope.component
+from zope.interface import implementer
+
+from zamqp.consumer import AMQPConsumer
+from zamqp.delivery import Delivery
+from zamqp.interfaces import IAllowRules
+from zamqp.interfaces import IConsumerSpec
+from zamqp.unpickling import AllowRules
+
+
+@implementer(IConsumerSpec)
+class ConsumerSpec:
+    """What ``<zamqp:consumer>`` declares; ``create()`` makes the consumer.
+
+    The allow rules are the consumer's own, those of its connection and
+    every ``<zamqp:allow>`` registered when the consumer is created.
+    """
+
+    def __init__(self, name, props, queue, exchange='zamqp.broadcast.fanout',
+                 type='fanout', routing_key=None, handler=None, events=False,
+                 shared=False, durable=False, ack=None, prefetch=100,
+                 accept=None, allow=(), site='', user=None):
+        self.name = name
+        self.props = props.replace(exchange=exchange, type=type)
+        self.queue = queue
+        self.routing_key = routing_key
+        self.handler = handler
+        self.events = events
+        self.options = dict(shared=shared, durable=durable, ack=ack,
+                            prefetch=prefetch, accept=accept)
+        self.allow = AllowRules.from_spec(allow)
+        self.site = site
+        self.user = user
+
+    def create(self, database=None):
+        return AMQPConsumer(
+            self.queue, self.props, self.delivery(database),
+            routing_key=self.routing_key, allow=self.allow_rules(),
+            pass_message=True, **self.options)
+
+    def delivery(self, database=None):
+        in_context = None
+        if database is not None:
+            from zamqp.zopecontext import InZope
+            in_context = InZope(database, self.site, self.user)
+        return Delivery(self.name, self.handler, self.events, in_context)
+
+    def allow_rules(self):
+        rules = self.allow
+        for other in zope.component.getAllUtilitiesRegisteredFor(
+                IAllowRules):
+            rules = rules | other
+        return rules
+
+    def __repr__(self):
+        return f'<ConsumerSpec {self.name!r} queue={self.queue!r}>'

@@ -1,0 +1,225 @@
+"""ZCML directives: connections, producers, consumers, relays, allow rules.
+
+Handlers only record configuration actions; no socket is opened while
+ZCML is read. Settings are checked when the directive is read, so errors
+carry the file and line.
+"""
+import zope.component
+from zope.configuration.exceptions import ConfigurationError
+from zope.configuration.fields import GlobalInterface
+from zope.configuration.fields import GlobalObject
+from zope.configuration.fields import Tokens
+from zope.interface import Interface
+from zope.schema import Bool
+from zope.schema import Choice
+from zope.schema import Float
+from zope.schema import Int
+from zope.schema import TextLine
+
+from zamqp import settings
+from zamqp.delivery import Relay
+from zamqp.exceptions import ZAMQPError
+from zamqp.interfaces import IAllowRules
+from zamqp.interfaces import IAMQPProps
+from zamqp.interfaces import IConsumerSpec
+from zamqp.interfaces import IProducer
+from zamqp.props import EXCHANGE_TYPES
+from zamqp.spec import ConsumerSpec
+from zamqp.unpickling import AllowRules
+
+# Connections are registered before what refers to them.
+CONNECTION_ORDER, USER_ORDER = 0, 1
+
+
+class IConnectionDirective(Interface):
+    """``<zamqp:connection>``: a named set of broker settings."""
+
+    name = TextLine(title='Name', required=False, default='default',
+                    description='Producers and consumers refer to it.')
+    url = TextLine(title='URL', required=False,
+                   description='amqp://user:password@host:port/vhost; '
+                   'the attributes below win over it.')
+    host = TextLine(title='Host', required=False)
+    port = Int(title='Port', required=False, min=1, max=65535)
+    user = TextLine(title='User', required=False)
+    password = TextLine(title='Password', required=False,
+                        description='Better kept in zope.conf '
+                        '(<product-config zamqp>) than in ZCML.')
+    virtual_host = TextLine(title='Virtual host', required=False)
+    ssl = Bool(title='Use TLS', required=False)
+    heartbeat = Int(title='Heartbeat (seconds)', required=False, min=0)
+    connect_timeout = Float(title='Connect timeout (seconds)',
+                            required=False, min=0.0)
+    timeout = Float(title='Network timeout (seconds)', required=False,
+                    min=0.0)
+
+
+class IExchangeFields(Interface):
+    """What producers and consumers share: connection and exchange."""
+
+    name = TextLine(title='Name', required=True)
+    connection = TextLine(title='Connection name', required=False,
+                          default='default')
+    exchange = TextLine(title='Exchange', required=False,
+                        default='zamqp.broadcast.fanout')
+    type = Choice(title='Exchange type', values=EXCHANGE_TYPES,
+                  required=False, default='fanout')
+    routing_key = TextLine(title='Routing key', required=False,
+                           description='Default: the queue (consumer) or '
+                           'the name (producer).')
+
+
+class IProducerDirective(IExchangeFields):
+    """``<zamqp:producer>``: a named IProducer utility."""
+
+    serializer = TextLine(title='Serializer', required=False,
+                          default='pickle')
+    persistent = Bool(title='Persistent messages', required=False,
+                      default=False)
+    transactional = Bool(title='Publish on commit', required=False,
+                         default=True,
+                         description='Inside a transaction, publish after '
+                         'it committed; drop on abort.')
+
+
+class IConsumerDirective(IExchangeFields):
+    """``<zamqp:consumer>``: a consumer started with the instance."""
+
+    queue = TextLine(title='Queue', required=False,
+                     description='Default: the name.')
+    handler = GlobalObject(title='Handler', required=False,
+                           description='Called with an IMessageReceived '
+                           'event; default: notify that event.')
+    events = Bool(title='Remote zope events', required=False,
+                  default=False,
+                  description='Notify each received body as a zope event.')
+    shared = Bool(title='Shared work queue', required=False, default=False)
+    durable = Bool(title='Durable queue', required=False, default=False)
+    ack = Bool(title='Acknowledge after handling', required=False)
+    prefetch = Int(title='Prefetch', required=False, default=100, min=0)
+    accept = Tokens(title='Accepted serializers', value_type=TextLine(),
+                    required=False)
+    allow = Tokens(title='Allowed classes', value_type=TextLine(),
+                   required=False,
+                   description="Dotted names or patterns ('myapp.*').")
+    site = TextLine(title='Site path', required=False, default='',
+                    description="Zope: the site handlers run in, e.g. "
+                    "'/plone'; default: the application root.")
+    user = TextLine(title='User id', required=False,
+                    description='Zope: the user handlers run as; '
+                    'default: anonymous.')
+
+
+class IBroadcastDirective(Interface):
+    """``<zamqp:broadcast>``: publish local events of an interface."""
+
+    for_ = GlobalInterface(title='Event interface', required=True)
+    producer = TextLine(title='Producer name', required=True)
+
+
+class IAllowDirective(Interface):
+    """``<zamqp:allow>``: classes every configured consumer may unpickle."""
+
+    names = Tokens(title='Dotted names or patterns', value_type=TextLine(),
+                   required=True)
+
+
+def _check(make, *args, **kw):
+    """Build ``make(...)`` now, turning zamqp's errors into ZCML ones."""
+    try:
+        return make(*args, **kw)
+    except (ZAMQPError, TypeError) as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def connection(_context, name='default', **given):
+    given = {k: v for k, v in given.items() if v is not None}
+    _check(settings.connection_props, name, given)
+    _context.action(discriminator=('zamqp:connection', name),
+                    callable=register_connection, args=(name, given),
+                    order=CONNECTION_ORDER)
+
+
+def register_connection(name, given):
+    props = settings.connection_props(name, given, with_overrides=True)
+    _registry().registerUtility(props, IAMQPProps, name)
+
+
+def producer(_context, name, connection='default',
+             exchange='zamqp.broadcast.fanout', type='fanout',
+             routing_key=None, serializer='pickle', persistent=False,
+             transactional=True):
+    options = dict(exchange=exchange, type=type, routing_key=routing_key,
+                   serializer=serializer, persistent=persistent,
+                   transactional=transactional)
+    _check(settings.check_serializers, [serializer], 'serializer')
+    _context.action(discriminator=('zamqp:producer', name),
+                    callable=register_producer,
+                    args=(name, connection, options), order=USER_ORDER)
+
+
+def register_producer(name, connection, options):
+    _registry().registerUtility(
+        settings.make_producer(name, _connection(connection), options),
+        IProducer, name)
+
+
+def consumer(_context, name, connection='default', queue=None,
+             exchange='zamqp.broadcast.fanout', type='fanout',
+             routing_key=None, handler=None, events=False, shared=False,
+             durable=False, ack=None, prefetch=100, accept=None, allow=None,
+             site='', user=None):
+    if handler is not None and events:
+        raise ConfigurationError(
+            f"consumer {name!r}: give handler or events='true', not both")
+    if accept:
+        _check(settings.check_serializers, accept, 'accept')
+    options = dict(
+        queue=queue or name, exchange=exchange, type=type,
+        routing_key=routing_key, handler=handler, events=events,
+        shared=shared, durable=durable, ack=ack, prefetch=prefetch,
+        accept=accept, allow=tuple(allow or ()), site=site, user=user)
+    _check(AllowRules.from_spec, options['allow'])
+    _context.action(discriminator=('zamqp:consumer', name),
+                    callable=register_consumer,
+                    args=(name, connection, options), order=USER_ORDER)
+
+
+def register_consumer(name, connection, options):
+    spec = ConsumerSpec(name, _connection(connection), **options)
+    _registry().registerUtility(spec, IConsumerSpec, name)
+
+
+def broadcast(_context, for_, producer):
+    _context.action(discriminator=('zamqp:broadcast', for_, producer),
+                    callable=register_relay, args=(for_, producer),
+                    order=USER_ORDER)
+
+
+def register_relay(for_, producer):
+    _registry().getUtility(IProducer, producer)     # fails if unknown
+    _registry().registerHandler(Relay(producer), (for_,))
+
+
+def allow(_context, names):
+    _check(AllowRules.from_spec, names)
+    _context.action(discriminator=None, callable=register_allow,
+                    args=(tuple(names),), order=CONNECTION_ORDER)
+
+
+def register_allow(names):
+    rules = AllowRules.from_spec(names)
+    _registry().registerUtility(rules, IAllowRules, ' '.join(names))
+
+
+def _registry():
+    return zope.component.getSiteManager()
+
+
+def _connection(name):
+    props = _registry().queryUtility(IAMQPProps, name)
+    if props is None:
+        raise ConfigurationError(
+            f"no <zamqp:connection name={name!r}> is declared: declare it "
+            "or fix the connection attribute")
+    return props
