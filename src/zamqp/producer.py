@@ -9,6 +9,7 @@ from amqp import exceptions as amqp_errors
 from zope.interface import implementer
 
 from zamqp import serializers
+from zamqp import transactional as _transactional
 from zamqp.connection import AMQPConnection
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import PublishFailed
@@ -33,15 +34,21 @@ class AMQPProducer:
     several threads are serialized by a lock. A call whose connection or
     channel died reconnects once and tries again, then raises
     PublishFailed; a broker that cannot be reached raises ConnectionFailed.
+
+    With ``transactional=True`` a call made while the thread has an
+    active transaction (the ``transaction`` package) builds the message
+    and returns its id at once but publishes it only after a successful
+    commit, and never on abort (see zamqp.transactional).
     """
 
     def __init__(self, queue, props, routing_key=None, serializer='pickle',
-                 persistent=False):
+                 persistent=False, transactional=False):
         self.queue = queue
         self.props = props
         self.routing_key = queue if routing_key is None else routing_key
         self.serializer = serializers.get(serializer)
         self.delivery_mode = 2 if persistent else 1
+        self.transactional = transactional
         self.connection = AMQPConnection(queue, props, mode='w',
                                          publisher=True)
         self._lock = threading.Lock()
@@ -51,9 +58,14 @@ class AMQPProducer:
     def __call__(self, message, routing_key=None, headers=None):
         msg = self.message(message, headers)
         key = self.routing_key if routing_key is None else routing_key
-        with self._lock:
-            self._publish(msg, key)
+        if not (self.transactional and _transactional.defer(self, msg, key)):
+            self.publish_now(msg, key)
         return msg.properties['message_id']
+
+    def publish_now(self, msg, routing_key):
+        """Publish the amqp.Message ``msg`` (see ``message``) now."""
+        with self._lock:
+            self._publish(msg, routing_key)
 
     def message(self, obj, headers=None):
         """The py-amqp message that carries ``obj``."""

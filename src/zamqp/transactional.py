@@ -1,0 +1,217 @@
+"""Publish on commit: hold messages until the current transaction commits.
+
+A transactional producer (``AMQPProducer(..., transactional=True)``, every
+``<zamqp:producer>`` unless ``transactional="false"``, and the shared
+producers of ``AMQPEvent``) hands each message to ``defer``. When the
+calling thread has an *active transaction*, the message waits in that
+transaction's outbox: a successful commit publishes the outbox in order,
+an abort or a failed commit drops it. Without an active transaction
+``defer`` declines and the producer publishes at once.
+
+The active transaction
+    The ``transaction`` package is optional and never imported here: if
+    nothing imported it, no transaction can be running. Otherwise the
+    transaction is the one ``transaction.manager`` (the thread-local
+    manager Zope and ZODB use) currently holds, asked the public way:
+    ``ITransactionManager.registerSynch`` calls a synchronizer's
+    ``newTransaction`` with "the active transaction" if there is one.
+    Unlike ``transaction.get()`` this never creates a transaction. So an
+    explicit manager is in a transaction from ``begin()`` to its
+    ``commit()``/``abort()``; an implicit (default) manager from
+    ``begin()`` *or* the first ``transaction.get()`` (which ZODB calls when
+    an object changes) to the end of that transaction. A transaction
+    whose commit already succeeded or failed (a synchronizer's
+    ``afterCompletion``, another after-commit hook) no longer holds
+    messages: they go at once. Messages from before-commit hooks and from
+    the commit itself still wait for its outcome.
+
+    A thread that began a transaction (or called ``transaction.get()``)
+    and never ends it keeps its messages forever. Code that runs in an
+    abort hook still runs inside the aborting transaction: its messages
+    are dropped with it.
+
+Savepoints
+    The outbox joins the transaction as a data manager, so rolling back a
+    savepoint drops the messages queued after it, and ``optimistic``
+    savepoints are not needed for it.
+
+Failures
+    The after-commit hook never raises: a message that cannot be
+    published (after the producer's usual reconnect) is logged on the
+    ``zamqp`` logger with its message id and exchange, and the following
+    messages are still attempted. The commit has happened by then; there
+    is no way to take it back.
+"""
+import logging
+import sys
+
+from zamqp.exceptions import ZAMQPError
+
+logger = logging.getLogger('zamqp')
+
+#: ``transaction``'s Status values of a transaction whose commit is over.
+_COMMIT_OVER = ('Committed', 'Commit failed')
+_COMMITTING = 'Committing'
+
+
+
+def active_transaction():
+    """The transaction of this thread that holds messages, or None."""
+    return _active()[1]
+
+
+def _active():
+    """``transaction.manager`` and its active transaction, or Nones."""
+    module = sys.modules.get('transaction')
+    manager = getattr(module, 'manager', None)
+    if manager is None:
+        return None, None
+    probe = _Probe()
+    manager.registerSynch(probe)
+    try:
+        txn = probe.transaction
+    finally:
+        manager.unregisterSynch(probe)
+    if txn is None or getattr(txn, 'status', None) in _COMMIT_OVER:
+        return None, None
+    return manager, txn
+
+
+def defer(producer, msg, routing_key):
+    """Queue ``msg`` to publish when this thread's transaction commits.
+
+    Returns False, queuing nothing, when no transaction is active: the
+    caller publishes at once. After a commit the message goes through
+    ``producer.publish_now(msg, routing_key)``.
+    """
+    manager, txn = _active()
+    if txn is None:
+        return False
+    try:
+        outbox = txn.data(Outbox)
+    except KeyError:
+        outbox = Outbox(txn, manager)
+        txn.set_data(Outbox, outbox)
+    outbox.add(txn, producer, msg, routing_key)
+    return True
+
+
+def pending(txn=None):
+    """The (producer, message, routing key) held by ``txn`` (default: the
+    active transaction), in publishing order."""
+    txn = active_transaction() if txn is None else txn
+    try:
+        return list(txn.data(Outbox).messages)
+    except (AttributeError, KeyError):
+        return []
+
+
+class _Probe:
+    """A synchronizer that only notes the transaction it is told about."""
+
+    transaction = None
+
+    def newTransaction(self, txn):
+        self.transaction = txn
+
+    def beforeCompletion(self, txn):
+        pass
+
+    def afterCompletion(self, txn):
+        pass
+
+
+class Outbox:
+    """The messages of one transaction, published after it committed.
+
+    It registers one after-commit hook and joins the transaction as a
+    data manager that writes nothing: its ``abort`` (a transaction abort,
+    a failed commit, the rollback of a savepoint made before it joined)
+    and its savepoints' rollbacks drop messages.
+    """
+
+    def __init__(self, txn, transaction_manager=None):
+        self.messages = []
+        self.joined = False
+        self.transaction_manager = transaction_manager
+        txn.addAfterCommitHook(self.after_commit)
+
+    def add(self, txn, producer, msg, routing_key):
+        if not self.joined and getattr(txn, 'status', None) != _COMMITTING:
+            txn.join(self)      # a committing transaction refuses joins
+            self.joined = True
+        self.messages.append((producer, msg, routing_key))
+
+    def after_commit(self, committed):
+        messages, self.messages = self.messages, []
+        if not committed:
+            _dropped(messages, 'their transaction failed to commit')
+            return
+        for producer, msg, key in messages:
+            try:
+                producer.publish_now(msg, key)
+            except Exception as exc:    # never into the transaction
+                logger.error(
+                    'message %s to exchange %r (routing key %r) was not '
+                    'published after its transaction committed: %s',
+                    _message_id(msg), _exchange(producer), key, exc,
+                    exc_info=not isinstance(exc, ZAMQPError))
+
+    # IDataManager: nothing to write, only messages to forget
+
+    def abort(self, txn):
+        messages, self.messages = self.messages, []
+        self.joined = False
+        _dropped(messages, 'their transaction was aborted')
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        pass
+
+    def tpc_finish(self, txn):
+        pass
+
+    def tpc_abort(self, txn):
+        self.abort(txn)
+
+    def sortKey(self):
+        return f'zamqp.transactional:{id(self)}'
+
+    def savepoint(self):
+        return _Savepoint(self, len(self.messages))
+
+    def __repr__(self):
+        return f'<zamqp Outbox of {len(self.messages)} messages>'
+
+
+class _Savepoint:
+
+    def __init__(self, outbox, count):
+        self.outbox = outbox
+        self.count = count
+
+    def rollback(self):
+        messages = self.outbox.messages
+        dropped = messages[self.count:]
+        del messages[self.count:]
+        _dropped(dropped, 'a savepoint before them was rolled back')
+
+
+def _dropped(messages, reason):
+    if messages:
+        logger.debug('dropped %d message(s) because %s: %s', len(messages),
+                     reason, ', '.join(_message_id(entry[1])
+                                       for entry in messages))
+
+
+def _message_id(msg):
+    return str(getattr(msg, 'properties', {}).get('message_id'))
+
+
+def _exchange(producer):
+    return getattr(getattr(producer, 'props', None), 'exchange', None)
