@@ -23,6 +23,9 @@ class AMQPEvent:
     ``zope.event.subscribers``; in a Zope site the same dispatch also runs
     as a subscriber of the component registry. Either way the payload is
     published once per AMQPEvent: notify a new AMQPEvent to send again.
+
+    Inside an active transaction (see zamqp.transactional) the payload is
+    published after the transaction committed, and never if it aborts.
     """
 
     def __init__(self, queue, props, payload):
@@ -33,6 +36,7 @@ class AMQPEvent:
         install()
 
     def publish(self):
+        """Publish (or, in a transaction, queue) the payload once."""
         if not self.__dict__.pop('_pending', False):
             return False
         try:
@@ -73,14 +77,18 @@ def uninstall():
 
 
 def producer_for(queue, props):
-    """The shared producer events for ``queue`` on ``props`` go through."""
+    """The shared producer events for ``queue`` on ``props`` go through.
+
+    It is transactional: in a transaction it publishes on commit.
+    """
     key = (queue, props)
     producer = _producers.get(key)
     if producer is None:
         with _lock:
             producer = _producers.get(key)
             if producer is None:
-                producer = _producers[key] = AMQPProducer(queue, props)
+                producer = _producers[key] = AMQPProducer(
+                    queue, props, transactional=True)
                 _close_at_exit()
     return producer
 
