@@ -3,6 +3,7 @@ import atexit
 import logging
 import signal
 import threading
+import time
 
 import zope.component
 
@@ -46,7 +47,7 @@ def start(database=None):
     if started:
         logger.info('started consumers: %s', ', '.join(sorted(started)))
     _arrange_stop()
-    return started
+    return sorted(started)
 
 
 def stop(timeout=2.0):
@@ -57,6 +58,17 @@ def stop(timeout=2.0):
     for thread in threads:
         thread.consumer.stop()
     return all([thread.stop(timeout) for thread in threads])
+
+
+def wait(timeout=10.0):
+    """Wait until every started consumer consumes or failed to connect;
+    return True if all consume (tests use it before publishing)."""
+    with _lock:
+        consumers = [thread.consumer for thread in _threads.values()]
+    deadline = time.monotonic() + timeout
+    for consumer in consumers:
+        consumer.attempted.wait(max(deadline - time.monotonic(), 0))
+    return all(c.attempted.is_set() and c.error is None for c in consumers)
 
 
 def running():

@@ -53,6 +53,24 @@ def connection_props(name, given, with_overrides=False):
     return AMQPProps(**settings)
 
 
+_prefix = None
+
+
+def set_prefix(prefix):
+    """Prefix every configured exchange and shared queue name (tests);
+    None gives the zope.conf setting ``prefix`` back its say."""
+    global _prefix
+    _prefix = prefix
+
+
+def prefixed(name):
+    """``name`` with the configured prefix (set_prefix, or zope.conf's
+    ``prefix``), so several deployments or test runs can share a vhost."""
+    prefix = _prefix if _prefix is not None else \
+        product_config().get('prefix', '')
+    return f'{prefix}{name}'
+
+
 def consumers_enabled():
     """False when the environment or zope.conf keeps consumers off."""
     if os.environ.get(CONSUMERS_VARIABLE, 'on').lower() in OFF:
@@ -67,7 +85,7 @@ def check_serializers(names, attribute):
 def make_producer(name, props, options):
     """The producer a ``<zamqp:producer>`` declares."""
     return AMQPProducer(
-        name, props.replace(exchange=options['exchange'],
+        name, props.replace(exchange=prefixed(options['exchange']),
                             type=options['type']),
         routing_key=options['routing_key'],
         serializer=options['serializer'],

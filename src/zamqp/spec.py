@@ -2,6 +2,7 @@
 import zope.component
 from zope.interface import implementer
 
+from zamqp import settings
 from zamqp.consumer import AMQPConsumer
 from zamqp.delivery import Delivery
 from zamqp.interfaces import IAllowRules
@@ -22,8 +23,9 @@ class ConsumerSpec:
                  shared=False, durable=False, ack=None, prefetch=100,
                  accept=None, allow=(), site='', user=None):
         self.name = name
-        self.props = props.replace(exchange=exchange, type=type)
-        self.queue = queue
+        self.props = props.replace(exchange=settings.prefixed(exchange),
+                                   type=type)
+        self.queue = settings.prefixed(queue) if shared else queue
         self.routing_key = routing_key
         self.handler = handler
         self.events = events
