@@ -27,8 +27,9 @@ from zamqp.props import EXCHANGE_TYPES
 from zamqp.spec import ConsumerSpec
 from zamqp.unpickling import AllowRules
 
-# Connections are registered before what refers to them.
-CONNECTION_ORDER, USER_ORDER = 0, 1
+# Connections are registered before what refers to them, producers
+# before the relays that use them.
+CONNECTION_ORDER, USER_ORDER, RELAY_ORDER = 0, 1, 2
 
 
 class IConnectionDirective(Interface):
@@ -193,11 +194,14 @@ def register_consumer(name, connection, options):
 def broadcast(_context, for_, producer):
     _context.action(discriminator=('zamqp:broadcast', for_, producer),
                     callable=register_relay, args=(for_, producer),
-                    order=USER_ORDER)
+                    order=RELAY_ORDER)
 
 
 def register_relay(for_, producer):
-    _registry().getUtility(IProducer, producer)     # fails if unknown
+    if _registry().queryUtility(IProducer, producer) is None:
+        raise ConfigurationError(
+            f"no <zamqp:producer name={producer!r}> is declared: declare "
+            "it or fix the producer attribute")
     _registry().registerHandler(Relay(producer), (for_,))
 
 

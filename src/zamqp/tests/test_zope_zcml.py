@@ -245,6 +245,14 @@ class TestConfiguration(unittest.TestCase):
             '<zamqp:consumer name="c" handler="zamqp.nowhere.f" />',
             'handler', 'line 5')
 
+    def test_broadcast_before_its_producer_and_unknown_producer(self):
+        load('<zamqp:connection />\n'
+             '<zamqp:broadcast for="zamqp.tests.zcmltypes.IPinged" '
+             'producer="p" />\n<zamqp:producer name="p" />')
+        self.assertLoadFails(
+            '<zamqp:broadcast for="zamqp.tests.zcmltypes.IPinged" '
+            'producer="q" />', "no <zamqp:producer name='q'>", 'line 4')
+
     def test_handler_and_events_exclude_each_other(self):
         self.assertLoadFails(
             '<zamqp:consumer name="c" events="true" '
