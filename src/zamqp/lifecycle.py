@@ -16,7 +16,9 @@ _lock = threading.Lock()
 _threads = {}
 _arranged = False
 _atexit_registered = False
-_previous_sigterm = None
+#: Signals that stop the consumers, then do what they did before.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_previous_handlers = {}
 
 
 def database_opened(event):
@@ -53,11 +55,25 @@ def start(database=None):
 def stop(timeout=2.0):
     """Stop every started consumer; return True if all threads ended."""
     with _lock:
-        threads = list(_threads.values())
+        threads = dict(_threads)
         _threads.clear()
-    for thread in threads:
+    for thread in threads.values():
         thread.consumer.stop()
-    return all([thread.stop(timeout) for thread in threads])
+    ended = {name: thread.stop(timeout) for name, thread in threads.items()}
+    if ended:
+        _log_stopped(ended, timeout)
+    return all(ended.values())
+
+
+def _log_stopped(ended, timeout):
+    """Log which consumers stopped and which still run."""
+    stopped = sorted(name for name, done in ended.items() if done)
+    alive = sorted(name for name, done in ended.items() if not done)
+    if stopped:
+        logger.info('stopped consumers: %s', ', '.join(stopped))
+    if alive:
+        logger.warning('consumers still running %s s after stop: %s',
+                       timeout, ', '.join(alive))
 
 
 def wait(timeout=10.0):
@@ -78,8 +94,9 @@ def running():
 
 
 def _arrange_stop():
-    """Stop consumers at exit and on SIGTERM (once, from MainThread)."""
-    global _arranged, _atexit_registered, _previous_sigterm
+    """Stop consumers at exit, and on SIGTERM and SIGINT unless ignored
+    (once, from MainThread): before Zope closes the databases."""
+    global _arranged, _atexit_registered
     if _arranged:
         return
     _arranged = True
@@ -87,14 +104,18 @@ def _arrange_stop():
         atexit.register(stop)
         _atexit_registered = True
     if threading.current_thread() is threading.main_thread():
-        _previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                _previous_handlers[signum] = signal.signal(signum,
+                                                           _on_signal)
 
 
-def _on_sigterm(signum, frame):
-    """Stop the consumers, then do what SIGTERM did before."""
-    logger.info('SIGTERM: stopping consumers')
+def _on_signal(signum, frame):
+    """Stop the consumers, then do what the signal did before (SIGINT:
+    raise KeyboardInterrupt)."""
+    logger.info('%s: stopping consumers', signal.Signals(signum).name)
     stop()
-    previous = _previous_sigterm
+    previous = _previous_handlers.get(signum)
     if callable(previous):
         previous(signum, frame)
     elif previous != signal.SIG_IGN:
@@ -104,8 +125,10 @@ def _on_sigterm(signum, frame):
 
 
 def restore_sigterm():
-    """Put back the SIGTERM handler found before (for tests)."""
+    """Put back the SIGTERM and SIGINT handlers found before (tests)."""
     global _arranged
     if _arranged and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _previous_sigterm or signal.SIG_DFL)
+        for signum, previous in _previous_handlers.items():
+            signal.signal(signum, previous or signal.SIG_DFL)
+        _previous_handlers.clear()
     _arranged = False
