@@ -49,10 +49,10 @@ from zamqp.exceptions import ZAMQPError
 
 logger = logging.getLogger('zamqp')
 
-#: ``transaction``'s Status values of a transaction whose commit is over.
+#: Values of ``transaction._transaction.Status`` (a transaction's
+#: ``status``) after a commit ended, and while it runs.
 _COMMIT_OVER = ('Committed', 'Commit failed')
 _COMMITTING = 'Committing'
-
 
 
 def active_transaction():
