@@ -1,0 +1,132 @@
+"""InZope: handle a received message in a ZODB transaction on a Zope site."""
+import logging
+
+import transaction
+from AccessControl.SecurityManagement import newSecurityManager
+from AccessControl.SecurityManagement import noSecurityManager
+from Acquisition import aq_base
+from Acquisition import aq_chain
+from Acquisition import aq_inner
+from Testing.makerequest import makerequest
+from ZODB.POSException import ConflictError
+from zExceptions import NotFound
+from zope.component.hooks import setSite
+from zope.component.interfaces import ISite
+from zope.globalrequest import clearRequest
+from zope.globalrequest import setRequest
+
+from zamqp.exceptions import ZAMQPError
+
+logger = logging.getLogger('zamqp')
+
+
+class ZopeContextError(ZAMQPError, LookupError):
+    """The site or the user a consumer is configured with is not found."""
+
+
+class InZope:
+    """Run ``deliver(event)`` in a transaction of ``database``, on a site.
+
+    For each call: open a connection, begin a transaction of the thread's
+    transaction manager, wrap the application root in a request, traverse
+    to ``site`` (a path such as ``'/plone'``; default: the application
+    root), make it the component site when it is one, log in ``user``
+    (found in the ``acl_users`` of the site or above it; default:
+    anonymous), set ``event.site`` and call ``deliver(event)``, then
+    commit. A ConflictError aborts and tries again, ``retries`` times at
+    most, then is raised; any other error aborts and is raised. The
+    site, the security manager, the global request and the connection
+    are always released.
+    """
+
+    def __init__(self, database, site='', user=None, retries=3):
+        self.database = database
+        self.site = site or ''
+        self.user = user
+        self.retries = retries
+
+    def __call__(self, deliver, event):
+        """Deliver ``event``; return what ``deliver`` returned."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.attempt(deliver, event)
+            except ConflictError as exc:
+                if attempt == self.retries:
+                    raise
+                logger.info('consumer %s: conflict (%s); trying again '
+                            '(%d of %d)', event.consumer, exc, attempt + 1,
+                            self.retries)
+
+    def attempt(self, deliver, event):
+        """One try: deliver and commit, or abort and raise."""
+        manager = transaction.manager
+        txn = manager.begin()
+        txn.note(f'zamqp consumer {event.consumer}')
+        connection = self.database.open(transaction_manager=manager)
+        try:
+            try:
+                event.site = self.enter(connection)
+                result = deliver(event)
+                manager.commit()
+            except BaseException:
+                manager.abort()
+                raise
+            return result
+        finally:
+            self.leave(connection)
+
+    def enter(self, connection):
+        """Set up request, site and user; return the site."""
+        app = makerequest(connection.root()['Application'])
+        setRequest(app.REQUEST)
+        site = self.traverse(app)
+        if ISite.providedBy(site):
+            setSite(site)
+        if self.user:
+            newSecurityManager(None, find_user(site, self.user))
+        else:
+            noSecurityManager()
+        return site
+
+    def traverse(self, app):
+        """The object at ``self.site`` (the application for '' or '/')."""
+        path = self.site.strip('/')
+        if not path:
+            return app
+        try:
+            return app.unrestrictedTraverse(path)
+        except (LookupError, AttributeError, NotFound) as exc:
+            raise ZopeContextError(
+                f'site {self.site!r} not found in the database '
+                f'({type(exc).__name__}: {exc}): fix the site attribute '
+                'of <zamqp:consumer>') from exc
+
+    def leave(self, connection):
+        """Forget user, site and request; close the connection."""
+        noSecurityManager()
+        setSite(None)
+        clearRequest()
+        connection.close()
+
+    def __repr__(self):
+        return (f'<InZope site={self.site or "/"!r} '
+                f'user={self.user or "Anonymous"!r}>')
+
+
+def find_user(context, userid):
+    """The user ``userid`` of the nearest ``acl_users`` that knows it,
+    from ``context`` upwards, wrapped in that user folder.
+
+    Raises ZopeContextError when no user folder knows ``userid``.
+    """
+    for obj in aq_chain(aq_inner(context)):
+        if getattr(aq_base(obj), 'acl_users', None) is None:
+            continue
+        folder = obj.acl_users
+        user = folder.getUserById(userid)
+        if user is not None:
+            return user if hasattr(user, 'aq_base') else user.__of__(folder)
+    raise ZopeContextError(
+        f'user {userid!r} not found in any acl_users from '
+        f"{'/'.join(context.getPhysicalPath()) or '/'} upwards: fix the "
+        'user attribute of <zamqp:consumer>')
