@@ -1,0 +1,62 @@
+"""Subscribers and consumer handlers of the test add-on."""
+import logging
+import signal
+import threading
+
+from AccessControl.SecurityManagement import getSecurityManager
+from Acquisition import aq_base
+from persistent.list import PersistentList
+from zope.component.hooks import getSite
+
+from zamqp import lifecycle
+from zamqp.delivery import is_received
+
+#: INoted events notified in this process, oldest first (see ``seen``).
+SEEN = []
+_lock = threading.Lock()
+
+
+def seen(event):
+    """INoted subscriber: record the event, and whether it came by AMQP."""
+    with _lock:
+        SEEN.append(dict(text=event.text, origin=event.origin,
+                         received=is_received(),
+                         thread=threading.current_thread().name))
+
+
+def store(event):
+    """Consumer handler (IMessageReceived): append what was received to
+    the ``zamqp_stored`` list of ``event.site``, in its transaction."""
+    site = event.site
+    if getattr(aq_base(site), 'zamqp_stored', None) is None:
+        site.zamqp_stored = PersistentList()
+    site.zamqp_stored.append(dict(
+        text=getattr(event.body, 'text', repr(event.body)),
+        consumer=event.consumer,
+        user=getSecurityManager().getUser().getId(),
+        site='/'.join(site.getPhysicalPath()) or '/',
+        component_site=_path(getSite())))
+
+
+def stored(site):
+    """What ``store`` appended to ``site`` (committed or not), as a list."""
+    return list(getattr(aq_base(site), 'zamqp_stored', None) or ())
+
+
+def _path(obj):
+    if obj is None:
+        return None
+    return '/'.join(obj.getPhysicalPath()) or '/'
+
+
+def install_sigterm_handler(event):
+    """IDatabaseOpenedWithRoot subscriber (``sigterm.zcml``): install a
+    SIGTERM handler before zamqp does, to show that zamqp chains to it."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, frame):
+    logging.getLogger('zamqp.tests.zopeaddon').info(
+        "the add-on's own SIGTERM handler runs; consumers running: %s",
+        ', '.join(lifecycle.running()) or 'none')
+    raise SystemExit(0)
