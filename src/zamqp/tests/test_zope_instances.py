@@ -1,0 +1,443 @@
+"""SLOW (about 15 s): real Zope instances, made with mkwsgiinstance and run
+with runwsgi, relay events to each other over the real broker, stop
+their consumers cleanly on SIGTERM and SIGINT, and start serving while
+the broker is down.
+
+Each instance loads zamqp and the test add-on (``zamqp.tests.zopeaddon``)
+from ``etc/package-includes``, on an exchange of the run's own; the
+broker URL comes from ``<product-config zamqp>`` in its zope.conf. When
+a test fails, the tails of the instances' logs are printed.
+"""
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+from zamqp import AMQPProducer
+from zamqp.testhelpers import Admin
+from zamqp.testhelpers import broker_props
+from zamqp.testhelpers import broker_url
+from zamqp.testhelpers import unique
+from zamqp.testhelpers import wait_for
+from zamqp.tests.zopeaddon import amqp_zcml
+from zamqp.tests.zopeaddon.events import Noted
+
+#: Seconds an instance may take to answer HTTP after it was launched.
+START_TIMEOUT = 60
+#: Seconds a signalled instance may take to exit.
+EXIT_TIMEOUT = 10
+CONSUMERS = ['zamqp-consumer-addon.events', 'zamqp-consumer-addon.store']
+
+
+def free_port():
+    """A loopback TCP port nothing listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def command(script, module):
+    """The venv's console script, or ``python -m module`` (buildout)."""
+    path = os.path.join(os.path.dirname(sys.executable), script)
+    if os.path.exists(path):
+        return [path]
+    return [sys.executable, '-m', module]
+
+
+def environment():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop('ZAMQP_CONSUMERS', None)
+    return env
+
+
+class Instance:
+    """A Zope instance in ``root/name``, run with runwsgi."""
+
+    def __init__(self, root, name):
+        self.name = name
+        self.home = os.path.join(root, name)
+        self.port = None
+        self.process = None
+        self.launched = None
+        self.stdout = os.path.join(self.home, 'var', 'log', 'stdout.log')
+        self.event_log = os.path.join(self.home, 'var', 'log', 'event.log')
+
+    def create(self, zcml, url):
+        """mkwsgiinstance, then zamqp's ZCML, the broker URL and a port."""
+        subprocess.run(
+            command('mkwsgiinstance', 'Zope2.utilities.mkwsgiinstance')
+            + ['-d', self.home, '-u', 'admin:admin'],
+            check=True, env=environment(), timeout=60,
+            stdout=subprocess.DEVNULL)
+        includes = os.path.join(self.home, 'etc', 'package-includes')
+        os.makedirs(includes, exist_ok=True)
+        write(os.path.join(includes, 'zamqp-configure.zcml'), zcml)
+        with open(self.etc('zope.conf'), 'a') as conf:
+            conf.write(f'\n<product-config zamqp>\n  url {url}\n'
+                       '</product-config>\n')
+        self.port = free_port()
+        self.rewrite_ini()
+
+    def rewrite_ini(self):
+        """Our port; no Paste translogger (Paste is not installed)."""
+        with open(self.etc('zope.ini')) as ini:
+            text = ini.read()
+        text, ports = re.subn(r'(?m)^port = \d+$', f'port = {self.port}',
+                              text)
+        text, loggers = re.subn(r'(?m)^\s+translogger\n', '', text)
+        assert (ports, loggers) == (1, 1), \
+            f'unexpected etc/zope.ini from mkwsgiinstance: {text}'
+        write(self.etc('zope.ini'), text)
+
+    def etc(self, name):
+        return os.path.join(self.home, 'etc', name)
+
+    def start(self):
+        self.launched = time.monotonic()
+        with open(self.stdout, 'w') as out:
+            self.process = subprocess.Popen(
+                command('runwsgi', 'Zope2.Startup.serve')
+                + [self.etc('zope.ini')],
+                stdout=out, stderr=subprocess.STDOUT, env=environment(),
+                cwd=self.home, start_new_session=True)
+
+    def wait_until_serving(self):
+        """Seconds from launch until the instance answered HTTP."""
+        deadline = self.launched + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f'{self.name} exited with '
+                                     f'{self.process.returncode}')
+            try:
+                self.get('@@zamqp-consumers', timeout=2)
+            except OSError:
+                time.sleep(0.1)
+            else:
+                return time.monotonic() - self.launched
+        raise AssertionError(f'{self.name} did not answer HTTP on port '
+                             f'{self.port} within {START_TIMEOUT} s')
+
+    def get(self, view, timeout=10, **form):
+        query = f'?{urllib.parse.urlencode(form)}' if form else ''
+        url = f'http://127.0.0.1:{self.port}/{view}{query}'
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def texts(self, view, **match):
+        """The texts of the entries of ``view`` that match ``match``."""
+        return [e['text'] for e in self.get(view)
+                if all(e.get(k) == v for k, v in match.items())]
+
+    def signal(self, signum):
+        """Send ``signum``; return the seconds until the process ended."""
+        sent = time.monotonic()
+        self.process.send_signal(signum)
+        try:
+            self.process.wait(EXIT_TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            pass
+        return time.monotonic() - sent
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log(self):
+        """What the instance wrote to stdout and stderr (its log too)."""
+        return read(self.stdout)
+
+    def tails(self, lines=40):
+        return ''.join(
+            f'\n----- {self.name}: last {lines} lines of {path} -----\n'
+            + ''.join(read(path).splitlines(True)[-lines:])
+            for path in (self.event_log, self.stdout))
+
+
+def write(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def read(path):
+    try:
+        with open(path, errors='replace') as f:
+            return f.read()
+    except OSError as exc:
+        return f'({exc})'
+
+
+def start_all(instances):
+    """Start the instances together; return the seconds each took."""
+    for instance in instances:
+        instance.start()
+    return [instance.wait_until_serving() for instance in instances]
+
+
+def show_logs_on_failure(test):
+    """Print the tails of the instances' logs when ``test`` fails."""
+    @functools.wraps(test)
+    def wrapper(self, *args, **kw):
+        try:
+            return test(self, *args, **kw)
+        except BaseException:
+            print_tails(self.instances)
+            raise
+    return wrapper
+
+
+def print_tails(instances):
+    for instance in instances:
+        sys.stderr.write(instance.tails())
+
+
+@contextlib.contextmanager
+def publishing(exchange, interval=0.002):
+    """Publish Noted messages to ``exchange`` in a thread meanwhile."""
+    stopping = threading.Event()
+
+    def publish():
+        with AMQPProducer('flood', broker_props(exchange=exchange)) as p:
+            n = 0
+            while not stopping.wait(interval):
+                p(Noted(f'flood-{n}', origin='test'))
+                n += 1
+
+    thread = threading.Thread(target=publish, name='test-publisher')
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        thread.join(10)
+
+
+class InstancesTestCase(unittest.TestCase):
+    """Instances in a temporary directory; exchanges deleted at the end."""
+
+    instances = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix='zamqp-instances-')
+        cls.exchanges = []
+        cls.admin = Admin()
+
+    @classmethod
+    def tearDownClass(cls):
+        for instance in cls.instances:
+            instance.kill()
+        for exchange in cls.exchanges:
+            cls.admin.delete_exchange(exchange)
+        cls.admin.close()
+        shutil.rmtree(cls.root, ignore_errors=True)
+
+    @classmethod
+    def make(cls, name, exchange=None, url=None, **zcml):
+        """A configured instance (not started) on ``exchange``."""
+        if exchange is None:
+            exchange = unique('zamqp.test.instances')
+            cls.exchanges.append(exchange)
+        instance = Instance(cls.root, name)
+        instance.create(amqp_zcml(exchange, **zcml), url or broker_url())
+        instance.exchange = exchange
+        return instance
+
+    @classmethod
+    def start_and_wait(cls):
+        """Start every instance; wait until their consumers consume."""
+        try:
+            start_all(cls.instances)
+            for instance in cls.instances:
+                cls.wait_for_queues(instance)
+        except BaseException:
+            print_tails(cls.instances)
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def wait_for_queues(cls, instance):
+        consumers = instance.get('@@zamqp-consumers')
+        assert sorted(consumers) == CONSUMERS, consumers
+        instance.queues = list(consumers.values())
+        assert wait_for(lambda: all(cls.admin.queue_exists(q)
+                                    for q in instance.queues),
+                        timeout=10), f'queues missing: {instance.queues}'
+
+    def assertStopped(self, instance, signum, name):
+        """``signum`` ends ``instance`` quickly and cleanly."""
+        with publishing(instance.exchange):
+            time.sleep(0.5)            # handlers are busy when it comes
+            took = instance.signal(signum)
+        log = instance.log()
+        self.assertIsNotNone(instance.process.returncode,
+                             f'{instance.name} still runs')
+        self.assertLess(took, EXIT_TIMEOUT)
+        self.assertEqual(instance.process.returncode, 0)
+        self.assertIn(f'{name}: stopping consumers', log)
+        self.assertRegex(log, r'stopped consumers: addon\.events, '
+                              r'addon\.store\b')
+        self.assertNotIn('Traceback', log)
+        self.assertTrue(wait_for(
+            lambda: not any(self.admin.queue_exists(q)
+                            for q in instance.queues), timeout=5),
+            f'queues left on the broker: {instance.queues}')
+
+
+class TwoInstancesTests(InstancesTestCase):
+    """alpha and beta share an exchange; the tests run in order."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        exchange = unique('zamqp.test.instances')
+        cls.exchanges.append(exchange)
+        cls.alpha = cls.make('alpha', exchange, sigterm=True)
+        cls.beta = cls.make('beta', exchange)
+        cls.instances = (cls.alpha, cls.beta)
+        cls.start_and_wait()
+
+    @show_logs_on_failure
+    def test_1_event_in_alpha_is_notified_in_beta(self):
+        text = unique('hello')
+        self.assertEqual(self.alpha.get('@@zamqp-notify', text=text),
+                         dict(notified=text, origin='alpha'))
+        # beta's events consumer notified it as a received event ...
+        self.assertTrue(wait_for(lambda: text in self.beta.texts(
+            '@@zamqp-seen', origin='alpha', received=True,
+            thread='zamqp-consumer-addon.events'), timeout=10))
+        # ... and beta's store handler committed it to beta's ZODB
+        self.assertTrue(wait_for(
+            lambda: text in self.beta.texts('@@zamqp-stored'), timeout=10))
+        [entry] = [e for e in self.beta.get('@@zamqp-stored')
+                   if e['text'] == text]
+        self.assertEqual(entry, dict(text=text, consumer='addon.store',
+                                     user=None, site='/',
+                                     component_site=None))
+        # alpha saw it locally, and once more from the broker
+        self.assertTrue(wait_for(lambda: self.alpha.texts(
+            '@@zamqp-seen', received=True).count(text) == 1, timeout=10))
+        self.assertEqual(self.alpha.texts(
+            '@@zamqp-seen', received=False), [text])
+        # nobody relayed it again: each stored it exactly once
+        self.assertTrue(wait_for(
+            lambda: self.alpha.texts('@@zamqp-stored').count(text) == 1,
+            timeout=10))
+        time.sleep(0.5)
+        for instance in self.instances:
+            self.assertEqual(instance.texts('@@zamqp-stored').count(text),
+                             1, instance.name)
+            self.assertEqual(instance.texts(
+                '@@zamqp-seen', received=True).count(text), 1)
+
+    @show_logs_on_failure
+    def test_2_message_from_python_reaches_both(self):
+        text = unique('from-python')
+        with AMQPProducer('test', broker_props(
+                exchange=self.alpha.exchange)) as producer:
+            producer(Noted(text, origin='test'))
+        for instance in self.instances:
+            self.assertTrue(wait_for(lambda: text in instance.texts(
+                '@@zamqp-seen', origin='test', received=True), timeout=10),
+                instance.name)
+            self.assertTrue(wait_for(
+                lambda: text in instance.texts('@@zamqp-stored'),
+                timeout=10), instance.name)
+
+    @show_logs_on_failure
+    def test_3_sigterm_stops_both_cleanly(self):
+        self.assertStopped(self.beta, signal.SIGTERM, 'SIGTERM')
+        self.assertStopped(self.alpha, signal.SIGTERM, 'SIGTERM')
+        # zamqp stopped the consumers, then chained to the add-on's handler
+        self.assertIn("the add-on's own SIGTERM handler runs; consumers "
+                      "running: none", self.alpha.log())
+
+
+class SIGINTTests(InstancesTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.gamma = cls.make('gamma')
+        cls.instances = (cls.gamma,)
+        cls.start_and_wait()
+
+    @show_logs_on_failure
+    def test_sigint_stops_consumers_before_the_database_closes(self):
+        self.assertStopped(self.gamma, signal.SIGINT, 'SIGINT')
+
+
+class BrokerDownTests(InstancesTestCase):
+    """down: nothing listens at the broker's port; hung: something
+    listens but never speaks AMQP (connect_timeout is 10 s)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.listener = socket.socket()
+        cls.listener.bind(('127.0.0.1', 0))
+        cls.listener.listen(16)
+        hung = cls.listener.getsockname()[1]
+        cls.down = cls.make(
+            'down', url=f'amqp://guest:guest@127.0.0.1:{free_port()}/')
+        cls.hung = cls.make(
+            'hung', url=f'amqp://guest:guest@127.0.0.1:{hung}/')
+        cls.instances = (cls.down, cls.hung)
+        try:
+            cls.took = start_all(cls.instances)
+        except BaseException:
+            print_tails(cls.instances)
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.listener.close()
+
+    @show_logs_on_failure
+    def test_serving_without_waiting_for_the_broker(self):
+        # blocking on the hung broker would take 2 x 12 s
+        for instance, took in zip(self.instances, self.took):
+            self.assertLess(took, 10, instance.name)
+            self.assertEqual(sorted(instance.get('@@zamqp-consumers')),
+                             CONSUMERS)
+
+    @show_logs_on_failure
+    def test_log_says_the_consumer_cannot_connect_and_retries(self):
+        self.assertTrue(wait_for(
+            lambda: len(re.findall(
+                r'ERROR \[zamqp.*\] consumer addon\.\w+\.\w+: .*'
+                r'; retrying in the background', self.down.log())) == 2,
+            timeout=10))
+
+    @show_logs_on_failure
+    def test_requests_succeed_while_the_broker_is_down(self):
+        text = unique('broker-down')
+        self.assertEqual(self.down.get('@@zamqp-notify', text=text),
+                         dict(notified=text, origin='down'))
+        self.assertIn(text, self.down.texts('@@zamqp-seen', received=False))
+
+    @show_logs_on_failure
+    def test_sigterm_while_the_broker_is_down(self):
+        for instance in self.instances:
+            took = instance.signal(signal.SIGTERM)
+            self.assertLess(took, EXIT_TIMEOUT, instance.name)
+            self.assertEqual(instance.process.returncode, 0, instance.name)
+            self.assertIn('SIGTERM: stopping consumers', instance.log())
+        # between connection attempts the consumers stop at once; hung
+        # in a connection attempt, they are given up after 2 s each
+        self.assertIn('stopped consumers: addon.events, addon.store',
+                      self.down.log())
