@@ -45,6 +45,7 @@ Failures
 import logging
 import sys
 
+from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import ZAMQPError
 
 logger = logging.getLogger('zamqp')
@@ -147,10 +148,16 @@ class Outbox:
         if not committed:
             _dropped(messages, 'their transaction failed to commit')
             return
+        unreachable = {}     # producers whose broker could not be reached
         for producer, msg, key in messages:
+            exc = unreachable.get(id(producer))
             try:
+                if exc is not None:     # do not wait connect_timeout again
+                    raise exc
                 producer.publish_now(msg, key)
             except Exception as exc:    # never into the transaction
+                if isinstance(exc, ConnectionFailed):
+                    unreachable[id(producer)] = exc
                 logger.error(
                     'message %s to exchange %r (routing key %r) was not '
                     'published after its transaction committed: %s',

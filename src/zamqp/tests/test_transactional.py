@@ -354,3 +354,26 @@ def test_without_the_transaction_package_messages_go_at_once(
     assert transactional.active_transaction() is None
     producer('at once')
     assert wait_for(lambda: inbox == ['at once'])
+
+
+def test_unreachable_broker_costs_one_timeout_per_commit(tm, caplog):
+    import socket
+    import time
+    silent = socket.socket()        # accepts TCP, never speaks AMQP
+    silent.bind(('127.0.0.1', 0))
+    silent.listen(8)
+    try:
+        props = AMQPProps(host='127.0.0.1', port=silent.getsockname()[1],
+                          exchange='zamqp.test.silent', connect_timeout=1)
+        lost = AMQPProducer('q', props, transactional=True)
+        tm.begin()
+        ids = [lost(n) for n in range(3)]
+        began = time.monotonic()
+        tm.commit()
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert took < 2.0, f'commit waited {took:.1f} s'
+    errors = [r.getMessage() for r in zamqp_errors(caplog)]
+    assert len(errors) == 3
+    assert all(i in e for i, e in zip(ids, errors))
