@@ -25,6 +25,8 @@ import unittest
 import urllib.parse
 import urllib.request
 
+from plone.testing import Layer
+
 from zamqp import AMQPProducer
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import broker_props
@@ -193,7 +195,7 @@ def show_logs_on_failure(test):
         try:
             return test(self, *args, **kw)
         except BaseException:
-            print_tails(self.instances)
+            print_tails(self.layer.instances)
             raise
     return wrapper
 
@@ -224,60 +226,110 @@ def publishing(exchange, interval=0.002):
         thread.join(10)
 
 
-class InstancesTestCase(unittest.TestCase):
-    """Instances in a temporary directory; exchanges deleted at the end."""
+class InstancesLayer(Layer):
+    """Starts the instances that ``make_instances`` makes, in a temporary
+    directory; at tear-down kills what still runs and deletes the
+    exchanges. (A layer, not setUpClass: zope-testrunner runs layers,
+    not setUpClass.)"""
 
-    instances = ()
-
-    @classmethod
-    def setUpClass(cls):
-        cls.root = tempfile.mkdtemp(prefix='zamqp-instances-')
-        cls.exchanges = []
-        cls.admin = Admin()
-
-    @classmethod
-    def tearDownClass(cls):
-        for instance in cls.instances:
-            instance.kill()
-        for exchange in cls.exchanges:
-            cls.admin.delete_exchange(exchange)
-        cls.admin.close()
-        shutil.rmtree(cls.root, ignore_errors=True)
-
-    @classmethod
-    def make(cls, name, exchange=None, url=None, **zcml):
-        """A configured instance (not started) on ``exchange``."""
-        if exchange is None:
-            exchange = unique('zamqp.test.instances')
-            cls.exchanges.append(exchange)
-        instance = Instance(cls.root, name)
-        instance.create(amqp_zcml(exchange, **zcml), url or broker_url())
-        instance.exchange = exchange
-        return instance
-
-    @classmethod
-    def start_and_wait(cls):
-        """Start every instance; wait until their consumers consume."""
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix='zamqp-instances-')
+        self.exchanges = []
+        self.instances = []
+        self.admin = Admin()
         try:
-            start_all(cls.instances)
-            for instance in cls.instances:
-                cls.wait_for_queues(instance)
+            self.make_instances()
+            self.took = start_all(self.instances)
+            self.wait_for_consumers()
         except BaseException:
-            print_tails(cls.instances)
-            cls.tearDownClass()
+            print_tails(self.instances)
+            self.tearDown()
             raise
 
-    @classmethod
-    def wait_for_queues(cls, instance):
-        consumers = instance.get('@@zamqp-consumers')
-        assert sorted(consumers) == CONSUMERS, consumers
-        instance.queues = list(consumers.values())
-        assert wait_for(lambda: all(cls.admin.queue_exists(q)
-                                    for q in instance.queues),
-                        timeout=10), f'queues missing: {instance.queues}'
+    def tearDown(self):
+        for instance in self.instances:
+            instance.kill()
+        for exchange in self.exchanges:
+            self.admin.delete_exchange(exchange)
+        self.admin.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def make(self, name, exchange=None, url=None, **zcml):
+        """A configured instance (not started yet) on ``exchange``."""
+        if exchange is None:
+            exchange = self.exchange()
+        instance = Instance(self.root, name)
+        self.instances.append(instance)
+        instance.create(amqp_zcml(exchange, **zcml), url or broker_url())
+        instance.exchange = exchange
+        self[name] = instance
+
+    def exchange(self):
+        """A new exchange name, deleted at tear-down."""
+        self.exchanges.append(unique('zamqp.test.instances'))
+        return self.exchanges[-1]
+
+    def wait_for_consumers(self):
+        """Until each instance's consumers consume (their queues exist)."""
+        for instance in self.instances:
+            consumers = instance.get('@@zamqp-consumers')
+            assert sorted(consumers) == CONSUMERS, consumers
+            instance.queues = list(consumers.values())
+            assert wait_for(
+                lambda: all(self.admin.queue_exists(q)
+                            for q in instance.queues),
+                timeout=10), f'queues missing: {instance.queues}'
+
+
+class TwoInstances(InstancesLayer):
+    """alpha and beta share an exchange; alpha has a SIGTERM handler of
+    the add-on, installed before zamqp's."""
+
+    def make_instances(self):
+        exchange = self.exchange()
+        self.make('alpha', exchange, sigterm=True)
+        self.make('beta', exchange)
+
+
+class OneInstance(InstancesLayer):
+    """gamma, on an exchange of its own."""
+
+    def make_instances(self):
+        self.make('gamma')
+
+
+class BrokerDown(InstancesLayer):
+    """down: nothing listens at the broker's port; hung: something
+    listens but never speaks AMQP (connect_timeout is 10 s)."""
+
+    def make_instances(self):
+        self.listener = socket.socket()
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(16)
+        hung = self.listener.getsockname()[1]
+        url = 'amqp://guest:guest@127.0.0.1:{}/'
+        self.make('down', url=url.format(free_port()))
+        self.make('hung', url=url.format(hung))
+
+    def wait_for_consumers(self):
+        """They cannot consume: nothing to wait for."""
+
+    def tearDown(self):
+        super().tearDown()
+        if getattr(self, 'listener', None) is not None:
+            self.listener.close()
+
+
+TWO_INSTANCES = TwoInstances(name='zamqp.tests:TwoInstances')
+ONE_INSTANCE = OneInstance(name='zamqp.tests:OneInstance')
+BROKER_DOWN = BrokerDown(name='zamqp.tests:BrokerDown')
+
+
+class InstancesTestCase(unittest.TestCase):
 
     def assertStopped(self, instance, signum, name):
-        """``signum`` ends ``instance`` quickly and cleanly."""
+        """``signum`` ends ``instance`` quickly and cleanly, while
+        messages keep coming."""
         with publishing(instance.exchange):
             time.sleep(0.5)            # handlers are busy when it comes
             took = instance.signal(signum)
@@ -290,24 +342,21 @@ class InstancesTestCase(unittest.TestCase):
         self.assertRegex(log, r'stopped consumers: addon\.events, '
                               r'addon\.store\b')
         self.assertNotIn('Traceback', log)
+        admin = self.layer.admin
         self.assertTrue(wait_for(
-            lambda: not any(self.admin.queue_exists(q)
-                            for q in instance.queues), timeout=5),
-            f'queues left on the broker: {instance.queues}')
+            lambda: not any(admin.queue_exists(q) for q in instance.queues),
+            timeout=5), f'queues left on the broker: {instance.queues}')
 
 
 class TwoInstancesTests(InstancesTestCase):
-    """alpha and beta share an exchange; the tests run in order."""
+    """In this order (by name and by place): the last one stops both."""
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        exchange = unique('zamqp.test.instances')
-        cls.exchanges.append(exchange)
-        cls.alpha = cls.make('alpha', exchange, sigterm=True)
-        cls.beta = cls.make('beta', exchange)
-        cls.instances = (cls.alpha, cls.beta)
-        cls.start_and_wait()
+    layer = TWO_INSTANCES
+
+    def setUp(self):
+        self.alpha = self.layer['alpha']
+        self.beta = self.layer['beta']
+        self.instances = (self.alpha, self.beta)
 
     @show_logs_on_failure
     def test_1_event_in_alpha_is_notified_in_beta(self):
@@ -367,50 +416,25 @@ class TwoInstancesTests(InstancesTestCase):
 
 class SIGINTTests(InstancesTestCase):
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.gamma = cls.make('gamma')
-        cls.instances = (cls.gamma,)
-        cls.start_and_wait()
+    layer = ONE_INSTANCE
 
     @show_logs_on_failure
     def test_sigint_stops_consumers_before_the_database_closes(self):
-        self.assertStopped(self.gamma, signal.SIGINT, 'SIGINT')
+        self.assertStopped(self.layer['gamma'], signal.SIGINT, 'SIGINT')
 
 
 class BrokerDownTests(InstancesTestCase):
-    """down: nothing listens at the broker's port; hung: something
-    listens but never speaks AMQP (connect_timeout is 10 s)."""
 
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.listener = socket.socket()
-        cls.listener.bind(('127.0.0.1', 0))
-        cls.listener.listen(16)
-        hung = cls.listener.getsockname()[1]
-        cls.down = cls.make(
-            'down', url=f'amqp://guest:guest@127.0.0.1:{free_port()}/')
-        cls.hung = cls.make(
-            'hung', url=f'amqp://guest:guest@127.0.0.1:{hung}/')
-        cls.instances = (cls.down, cls.hung)
-        try:
-            cls.took = start_all(cls.instances)
-        except BaseException:
-            print_tails(cls.instances)
-            cls.tearDownClass()
-            raise
+    layer = BROKER_DOWN
 
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls.listener.close()
+    def setUp(self):
+        self.down = self.layer['down']
+        self.instances = (self.down, self.layer['hung'])
 
     @show_logs_on_failure
     def test_serving_without_waiting_for_the_broker(self):
         # blocking on the hung broker would take 2 x 12 s
-        for instance, took in zip(self.instances, self.took):
+        for instance, took in zip(self.instances, self.layer.took):
             self.assertLess(took, 10, instance.name)
             self.assertEqual(sorted(instance.get('@@zamqp-consumers')),
                              CONSUMERS)
