@@ -6,7 +6,8 @@ the broker is down.
 Each instance loads zamqp and the test add-on (``zamqp.tests.zopeaddon``)
 from ``etc/package-includes``, on an exchange of the run's own; the
 broker URL comes from ``<product-config zamqp>`` in its zope.conf. When
-a test fails, the tails of the instances' logs are printed.
+a test fails, the tails of the instances' logs are printed. Marked
+``slow`` for pytest (``-m "not slow"`` leaves them out).
 """
 import contextlib
 import functools
@@ -25,6 +26,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
+import pytest
 from plone.testing import Layer
 
 from zamqp import AMQPProducer
@@ -35,6 +37,8 @@ from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests.zopeaddon import amqp_zcml
 from zamqp.tests.zopeaddon.events import Noted
+
+pytestmark = pytest.mark.slow
 
 #: Seconds an instance may take to answer HTTP after it was launched.
 START_TIMEOUT = 60
