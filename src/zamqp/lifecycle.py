@@ -53,13 +53,16 @@ def start(database=None):
 
 
 def stop(timeout=2.0):
-    """Stop every started consumer; return True if all threads ended."""
+    """Stop every started consumer; return True if all threads ended
+    within ``timeout`` seconds (for all of them together)."""
     with _lock:
         threads = dict(_threads)
         _threads.clear()
     for thread in threads.values():
         thread.consumer.stop()
-    ended = {name: thread.stop(timeout) for name, thread in threads.items()}
+    deadline = time.monotonic() + timeout      # one deadline for all
+    ended = {name: thread.stop(max(deadline - time.monotonic(), 0.0))
+             for name, thread in threads.items()}
     if ended:
         _log_stopped(ended, timeout)
     return all(ended.values())

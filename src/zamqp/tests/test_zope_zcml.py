@@ -287,6 +287,22 @@ class TestConfiguration(unittest.TestCase):
         self.assertLess(time.monotonic() - began, 1.0)
         self.assertTrue(lifecycle.stop())
 
+    def test_stop_has_one_deadline_for_all_consumers(self):
+        silent = socket.socket()        # accepts TCP, never speaks AMQP
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        try:
+            load(f'<zamqp:connection url="amqp://127.0.0.1:{port}/'
+                 '?connect_timeout=3" />\n'
+                 '<zamqp:consumer name="a" />\n<zamqp:consumer name="b" />')
+            self.assertEqual(lifecycle.start(), ['a', 'b'])
+            began = time.monotonic()
+            self.assertFalse(lifecycle.stop(timeout=1.0))  # stuck connecting
+            self.assertLess(time.monotonic() - began, 1.5)
+        finally:
+            silent.close()
+
     def test_product_config_overrides_url_and_credentials(self):
         with ProductConfig(url='amqp://u:p@broker.example:5700/prod',
                            **{'other.password': 's3cret'}):
