@@ -19,6 +19,8 @@ _atexit_registered = False
 #: Signals that stop the consumers, then do what they did before.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _previous_handlers = {}
+#: Seconds a running handler gets to finish when the process ends.
+EXIT_TIMEOUT = 5.0
 
 
 def database_opened(event):
@@ -104,7 +106,7 @@ def _arrange_stop():
         return
     _arranged = True
     if not _atexit_registered:
-        atexit.register(stop)
+        atexit.register(stop, EXIT_TIMEOUT)
         _atexit_registered = True
     if threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
@@ -117,7 +119,7 @@ def _on_signal(signum, frame):
     """Stop the consumers, then do what the signal did before (SIGINT:
     raise KeyboardInterrupt)."""
     logger.info('%s: stopping consumers', signal.Signals(signum).name)
-    stop()
+    stop(EXIT_TIMEOUT)
     previous = _previous_handlers.get(signum)
     if callable(previous):
         previous(signum, frame)
