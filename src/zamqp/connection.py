@@ -19,9 +19,10 @@ RECOVERABLE = (OSError, amqp_errors.RecoverableConnectionError,
                amqp_errors.RecoverableChannelError)
 
 
-def explain(exc, props, operation):
-    """Return a ConnectionFailed that names the cause and the setting."""
-    where = props.url()
+def explain(exc, props, operation, address=None):
+    """Return a ConnectionFailed that names the cause and the setting
+    (and the broker at ``address``, for props with several)."""
+    where = props.url(address)
     if isinstance(exc, amqp_errors.AccessRefused):
         return ConnectionFailed(
             f"{operation}: {where} refused the login ({exc.reply_text}): "
@@ -40,7 +41,8 @@ def explain(exc, props, operation):
             recoverable=False)
     if isinstance(exc, socket.gaierror):
         return ConnectionFailed(
-            f"{operation}: cannot resolve host {props.host!r} ({exc}): "
+            f"{operation}: cannot resolve host "
+            f"{(address or props.address).rpartition(':')[0]!r} ({exc}): "
             "check host")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return ConnectionFailed(
@@ -57,9 +59,36 @@ def explain(exc, props, operation):
 
 
 def connect(props, heartbeat, factory=amqp.Connection):
-    """Open and return a logged-in py-amqp connection for ``props``."""
+    """Open and return a logged-in py-amqp connection for ``props``.
+
+    With several brokers, tries them in the order ``props.candidates()``
+    gives and returns the first connection made; an error that a setting
+    must fix (a refused login) is raised at once, and if every broker
+    failed the ConnectionFailed names each one and why.
+    """
+    failures = []
+    for address in props.candidates():
+        try:
+            conn = _connect_to(address, props, heartbeat, factory)
+        except ConnectionFailed as exc:
+            if not exc.recoverable:
+                raise
+            failures.append(exc)
+            continue
+        props.connected(address)
+        return conn
+    if len(failures) == 1:
+        raise failures[0]
+    reasons = '; '.join(str(exc).removeprefix('connect: ')
+                        for exc in failures)
+    raise ConnectionFailed(
+        f"connect: none of the {len(failures)} brokers could be reached: "
+        f"{reasons}") from failures[-1]
+
+
+def _connect_to(address, props, heartbeat, factory):
     conn = factory(
-        host=props.address, userid=props.user, password=props.password,
+        host=address, userid=props.user, password=props.password,
         virtual_host=props.virtual_host, ssl=props.ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
         read_timeout=props.timeout, write_timeout=props.timeout)
@@ -67,7 +96,7 @@ def connect(props, heartbeat, factory=amqp.Connection):
         conn.connect()
     except Exception as exc:
         _quietly(conn.collect)
-        raise explain(exc, props, 'connect') from exc
+        raise explain(exc, props, 'connect', address) from exc
     return conn
 
 

@@ -29,6 +29,13 @@ class AMQPProps:
     Every connection setting may come from ``url``
     (``amqp://user:password@host:port/vhost?heartbeat=30``, or
     ``amqps://`` for TLS); keywords given explicitly win over the URL.
+
+    Several brokers (the nodes of a cluster) are given as
+    ``hosts=['h1:5672', 'h2:5673']`` (a port left out is ``port``) or as
+    comma-separated hosts in the URL,
+    ``amqp://user:password@h1:5672,h2:5673/vhost``. ``host`` and
+    ``port`` are then the first broker's; connections try the brokers in
+    turn (see ``candidates``).
     ``realm`` is accepted for compatibility and ignored: AMQP 0-9-1 has no
     access realms.
     """
@@ -37,7 +44,8 @@ class AMQPProps:
                  exchange='zamqp.broadcast.fanout', type='fanout',
                  realm=_REALM_UNSET, port=None, virtual_host=None,
                  heartbeat=None, connect_timeout=None, timeout=None,
-                 url=None, accept=('pickle', 'json'), allow=()):
+                 url=None, accept=('pickle', 'json'), allow=(),
+                 hosts=None):
         if realm is not _REALM_UNSET:
             warnings.warn(
                 "AMQPProps(realm=...) is ignored: access realms were "
@@ -48,10 +56,21 @@ class AMQPProps:
                      heartbeat=heartbeat, connect_timeout=connect_timeout,
                      timeout=timeout)
         settings = dict(DEFAULTS, **parse_url(url) if url else {})
+        url_hosts = settings.pop('hosts', None)
         settings.update((k, v) for k, v in given.items() if v is not None)
         self.__dict__.update(settings)
         if self.port is None:
             self.port = 5671 if self.ssl else 5672
+        if hosts is not None and host is not None:
+            raise ConfigurationError(
+                "AMQPProps: give either host=... or hosts=[...], not both")
+        if hosts is None and host is None:
+            hosts = url_hosts
+        self.hosts = parse_hosts(hosts, self.port) if hosts is not None \
+            else \
+            ((self.host, self.port),)
+        self.host, self.port = self.hosts[0]
+        self._next = 0
         self.exchange = exchange
         self.type = type
         self.accept = serializers.names(accept)
@@ -72,10 +91,11 @@ class AMQPProps:
             raise ConfigurationError(
                 "AMQPProps(exchange=...) must be a non-empty name, "
                 f"got {self.exchange!r}")
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise ConfigurationError(
-                f"port {self.port!r} is not a TCP port (1-65535): "
-                "fix AMQPProps(port=...) or the URL")
+        for _, port in self.hosts:
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise ConfigurationError(
+                    f"port {port!r} is not a TCP port (1-65535): "
+                    "fix AMQPProps(port=...) or the URL")
         for name in ('heartbeat', 'connect_timeout', 'timeout'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
@@ -89,23 +109,50 @@ class AMQPProps:
         settings = {name: getattr(self, name) for name in DEFAULTS}
         settings.update(exchange=self.exchange, type=self.type,
                         accept=self.accept, allow=self.allow)
+        if len(self.hosts) > 1 and not {'host', 'port', 'hosts'} & set(changes):
+            del settings['host']
+            settings['hosts'] = self.hosts
         settings.update(changes)
         return AMQPProps(**settings)
 
     @property
     def address(self):
-        """``host:port`` as py-amqp wants it."""
-        host = f'[{self.host}]' if ':' in self.host else self.host
-        return f'{host}:{self.port}'
+        """``host:port`` as py-amqp wants it (the first broker's)."""
+        return self.addresses[0]
 
-    def url(self):
-        """The URL of these props, with the password left out."""
+    @property
+    def addresses(self):
+        """``host:port`` of every broker, in the configured order."""
+        return [_address(host, port) for host, port in self.hosts]
+
+    def candidates(self):
+        """The addresses to try for a new connection, in order.
+
+        The first connection tries the brokers in the configured order;
+        after ``connected(address)`` the next one starts with the broker
+        after that one (round-robin), so reconnecting moves on from a
+        broker that failed.
+        """
+        addresses = self.addresses
+        start = self._next % len(addresses)
+        return addresses[start:] + addresses[:start]
+
+    def connected(self, address):
+        """Record that a connection to ``address`` was made."""
+        addresses = self.addresses
+        if address in addresses:
+            self._next = addresses.index(address) + 1
+
+    def url(self, address=None):
+        """The URL of these props (or of the broker at ``address``), with
+        the password left out."""
         scheme = 'amqps' if self.ssl else 'amqp'
         vhost = quote(self.virtual_host, safe='')
-        return f'{scheme}://{quote(self.user)}@{self.address}/{vhost}'
+        where = address or ','.join(self.addresses)
+        return f'{scheme}://{quote(self.user)}@{where}/{vhost}'
 
     def _key(self):
-        return (self.host, self.port, self.user, self.password,
+        return (self.hosts, self.user, self.password,
                 self.virtual_host, repr(self.ssl), self.heartbeat,
                 self.connect_timeout, self.timeout, self.exchange,
                 self.type, self.accept, self.allow)
@@ -123,6 +170,39 @@ class AMQPProps:
                 f'type={self.type!r})')
 
 
+def _address(host, port):
+    host = f'[{host}]' if ':' in host else host
+    return f'{host}:{port}'
+
+
+def parse_hosts(hosts, default_port):
+    """Return ``((host, port), ...)`` from ``'h1:5672,h2'``, a list of
+    such strings or a list of ``(host, port)`` pairs."""
+    if isinstance(hosts, str):
+        hosts = hosts.split(',')
+    parsed = tuple(_host_port(entry, default_port) for entry in hosts)
+    if not parsed:
+        raise ConfigurationError(
+            "AMQPProps(hosts=...) is empty: name at least one host:port")
+    return parsed
+
+
+def _host_port(entry, default_port):
+    if not isinstance(entry, str):
+        host, port = entry
+        return str(host), int(port)
+    parts = urlsplit('//' + entry.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1:
+        raise ConfigurationError(
+            f"host {entry!r} is not host or host:port (port 1-65535): fix "
+            "AMQPProps(hosts=...) or the URL")
+    return parts.hostname, port or default_port
+
+
 def parse_url(url):
     """Return the connection settings an AMQP URL holds."""
     parts = urlsplit(url)
@@ -131,6 +211,9 @@ def parse_url(url):
             f"URL scheme {parts.scheme!r} is not amqp or amqps: write the "
             "URL as amqp://user:password@host:port/vhost")
     settings = {'ssl': parts.scheme == 'amqps'}
+    userinfo, _, hostlist = parts.netloc.rpartition('@')
+    if ',' in hostlist:
+        return _parse_multi_host_url(parts, userinfo, hostlist, settings)
     try:
         port = parts.port
     except ValueError:
@@ -140,6 +223,20 @@ def parse_url(url):
                   user=parts.username, password=parts.password)
     settings.update((k, unquote(v) if isinstance(v, str) else v)
                     for k, v in fields.items() if v is not None)
+    return _url_path_and_query(parts, settings)
+
+
+def _parse_multi_host_url(parts, userinfo, hostlist, settings):
+    settings['hosts'] = hostlist
+    user, colon, password = userinfo.partition(':')
+    if user:
+        settings['user'] = unquote(user)
+    if colon:
+        settings['password'] = unquote(password)
+    return _url_path_and_query(parts, settings)
+
+
+def _url_path_and_query(parts, settings):
     if len(parts.path) > 1:
         settings['virtual_host'] = unquote(parts.path[1:])
     settings.update(_url_options(parts.query))
