@@ -90,4 +90,7 @@ def make_producer(name, props, options):
         routing_key=options['routing_key'],
         serializer=options['serializer'],
         persistent=options['persistent'],
-        transactional=options['transactional'])
+        transactional=options['transactional'],
+        confirm=options.get('confirm', False),
+        confirm_timeout=options.get('confirm_timeout'),
+        mandatory=options.get('mandatory', False))

@@ -35,12 +35,18 @@ Savepoints
     savepoint drops the messages queued after it, and ``optimistic``
     savepoints are not needed for it.
 
+Confirms
+    The messages of one producer are published, in call order, as one
+    batch (``producer.batch()``): a producer made with ``confirm=True``
+    sends them all and then waits once for the broker's confirms.
+
 Failures
     The after-commit hook never raises: a message that cannot be
     published (after the producer's usual reconnect) is logged on the
     ``zamqp`` logger with its message id and exchange, and the following
-    messages are still attempted. The commit has happened by then; there
-    is no way to take it back.
+    messages are still attempted; messages the broker nacked, returned
+    or did not confirm in time are logged with their ids. The commit has
+    happened by then; there is no way to take it back.
 """
 import logging
 import sys
@@ -83,7 +89,8 @@ def defer(producer, msg, routing_key):
 
     Returns False, queuing nothing, when no transaction is active: the
     caller publishes at once. After a commit the message goes through
-    ``producer.publish_now(msg, routing_key)``.
+    ``producer.publish_now(msg, routing_key)``, inside a
+    ``producer.batch()`` when the producer has one.
     """
     manager, txn = _active()
     if txn is None:
@@ -148,21 +155,32 @@ class Outbox:
         if not committed:
             _dropped(messages, 'their transaction failed to commit')
             return
-        unreachable = {}     # producers whose broker could not be reached
-        for producer, msg, key in messages:
-            exc = unreachable.get(id(producer))
-            try:
-                if exc is not None:     # do not wait connect_timeout again
-                    raise exc
-                producer.publish_now(msg, key)
-            except Exception as exc:    # never into the transaction
-                if isinstance(exc, ConnectionFailed):
-                    unreachable[id(producer)] = exc
-                logger.error(
-                    'message %s to exchange %r (routing key %r) was not '
-                    'published after its transaction committed: %s',
-                    _message_id(msg), _exchange(producer), key, exc,
-                    exc_info=not isinstance(exc, ZAMQPError))
+        batches = {}        # id(producer) -> its open batch, or None
+        try:
+            for producer, msg, key in messages:
+                self._publish(batches, producer, msg, key)
+        finally:
+            for producer, batch in batches.values():
+                _close_batch(producer, batch)
+
+    def _publish(self, batches, producer, msg, key):
+        entry = batches.get(id(producer))
+        if entry is None:
+            entry = batches[id(producer)] = (producer, _open_batch(producer))
+        batch = entry[1]
+        try:
+            if isinstance(batch, Exception):    # do not wait connect_timeout
+                raise batch                     # again
+            producer.publish_now(msg, key)
+        except Exception as exc:    # never into the transaction
+            if isinstance(exc, ConnectionFailed):
+                batches[id(producer)] = (producer, exc)
+                _close_batch(producer, batch)
+            logger.error(
+                'message %s to exchange %r (routing key %r) was not '
+                'published after its transaction committed: %s',
+                _message_id(msg), _exchange(producer), key, exc,
+                exc_info=not isinstance(exc, ZAMQPError))
 
     # IDataManager: nothing to write, only messages to forget
 
@@ -207,6 +225,34 @@ class _Savepoint:
         dropped = messages[self.count:]
         del messages[self.count:]
         _dropped(dropped, 'a savepoint before them was rolled back')
+
+
+def _open_batch(producer):
+    """Enter ``producer.batch()`` so this thread's publishes through it
+    wait for their confirms once, at the end; None for producers
+    without batches."""
+    make = getattr(producer, 'batch', None)
+    if make is None:
+        return None
+    batch = make()
+    batch.__enter__()
+    return batch
+
+
+def _close_batch(producer, batch):
+    """Leave ``batch``, logging the messages the broker did not confirm."""
+    if batch is None or isinstance(batch, Exception):
+        return
+    try:
+        batch.__exit__(None, None, None)
+    except Exception as exc:
+        ids = getattr(exc, 'message_ids', None) or [
+            _message_id(record.msg) for record in batch.records]
+        logger.error(
+            'messages %s to exchange %r were not confirmed after their '
+            'transaction committed: %s', ', '.join(ids),
+            _exchange(producer), exc,
+            exc_info=not isinstance(exc, ZAMQPError))
 
 
 def _dropped(messages, reason):

@@ -81,6 +81,17 @@ class IProducerDirective(IExchangeFields):
                          default=True,
                          description='Inside a transaction, publish after '
                          'it committed; drop on abort.')
+    confirm = Bool(title='Publisher confirms', required=False,
+                   default=False,
+                   description='Return only once the broker confirmed '
+                   'the message; raise if it did not.')
+    confirm_timeout = Float(title='Confirm timeout (seconds)',
+                            required=False, min=0.0,
+                            description="Default: the connection's "
+                            'timeout.')
+    mandatory = Bool(title='Mandatory', required=False, default=False,
+                     description='With confirm: raise when no queue '
+                     'takes the message.')
 
 
 class IConsumerDirective(IExchangeFields):
@@ -149,10 +160,12 @@ def register_connection(name, given):
 def producer(_context, name, connection='default',
              exchange='zamqp.broadcast.fanout', type='fanout',
              routing_key=None, serializer='pickle', persistent=False,
-             transactional=True):
+             transactional=True, confirm=False, confirm_timeout=None,
+             mandatory=False):
     options = dict(exchange=exchange, type=type, routing_key=routing_key,
                    serializer=serializer, persistent=persistent,
-                   transactional=transactional)
+                   transactional=transactional, confirm=confirm,
+                   confirm_timeout=confirm_timeout, mandatory=mandatory)
     _check(settings.check_serializers, [serializer], 'serializer')
     _context.action(discriminator=('zamqp:producer', name),
                     callable=register_producer,
