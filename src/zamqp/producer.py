@@ -410,7 +410,7 @@ class AMQPProducer:
                    else f'({cause})')
             parts.append(f"not confirmed {why}: {', '.join(unconfirmed)}")
         count = len(nacked) + len(returned) + len(unconfirmed)
-        what = ('message' if total == 1 else
+        what = ('a message' if total == 1 else
                 f'{count} of {total} messages')
         return (f'basic_publish: {what} to exchange '
                 f'{self.props.exchange!r} on {self.props.url()} failed: '
