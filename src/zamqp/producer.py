@@ -263,9 +263,9 @@ class AMQPProducer:
                 self._publish(msg, routing_key)
             return
         batch = getattr(self._local, 'batch', None)
-        record = _Record(msg, routing_key, None) if batch is None \
-            else batch.add(msg, routing_key)
-        with self._lock:
+        with self._lock:        # callbacks of other threads' waits count
+            record = _Record(msg, routing_key, None) if batch is None \
+                else batch.add(msg, routing_key)
             try:
                 self._publish(msg, routing_key, record)
             except Exception:
@@ -348,19 +348,27 @@ class AMQPProducer:
         ``confirm_timeout`` passed; resend once what a lost connection
         left unconfirmed. Returns the error that ended the wait early."""
         deadline = time.monotonic() + self.confirm_timeout
+        cause = None
         for attempt in (1, 2):
             try:
                 self._resend_lost(records)
                 self._drain(outstanding, deadline)
-                return None
+                cause = None        # what remains, timed out
+                break
             except ConnectionFailed as exc:
-                return exc
+                cause = exc
+                break
             except RETRYABLE as exc:
                 self._lost()
-                if attempt == 2:
-                    return exc
-                logger.warning('waiting for confirms from %s failed (%s); '
-                               'reconnecting', self.props.url(), exc)
+                cause = exc
+                if attempt == 1:
+                    logger.warning('waiting for confirms from %s failed '
+                                   '(%s); reconnecting', self.props.url(),
+                                   exc)
+        if outstanding() and self._tracker is not None:
+            self._tracker.forget(
+                set(r for r in records if r.state is None))
+        return cause
 
     def _resend_lost(self, records):
         for record in records:
@@ -388,8 +396,6 @@ class AMQPProducer:
         failed = [r for r in records if r.state != 'ack']
         if not failed:
             return
-        if self._tracker is not None:
-            self._tracker.forget(set(r for r in failed if r.state is None))
         nacked = [r.message_id for r in failed if r.state == 'nack']
         returned = [(r.message_id, r.key, r.reply)
                     for r in failed if r.state == 'returned']
