@@ -1,0 +1,235 @@
+"""Private RabbitMQ nodes for fault tests: start, stop, kill -9, clusters.
+
+Each node has its own name, ports and data directory under a temporary
+directory, so the shared broker (rabbit@localhost, port 5672) is never
+touched. Every call is bounded by a timeout; ``cleanup()`` stops what is
+left (kill -9 if need be) and removes the directories.
+"""
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+SERVER = '/usr/sbin/rabbitmq-server'
+CTL = '/usr/sbin/rabbitmqctl'
+USER = 'rabbitmq'
+START_TIMEOUT = 40.0
+CTL_TIMEOUT = 30.0
+
+
+def available():
+    """True if a private node can be started here (RabbitMQ installed)."""
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        return False
+    return os.path.exists(SERVER) and os.path.exists(CTL)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port, timeout=0.2):
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _chown(path):
+    entry = pwd.getpwnam(USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+class PrivateBroker:
+    """One RabbitMQ node of the tests' own, e.g. ``zamqptest-1a2b@localhost``.
+
+    ``start()`` waits until the AMQP port listens; ``kill()`` is kill -9 of
+    the Erlang VM; ``stop()`` the orderly ``rabbitmqctl stop``. The data
+    directory is kept between stops, so durable queues and persistent
+    messages survive a restart.
+    """
+
+    def __init__(self, base=None, name=None):
+        self._own_base = base is None
+        self.base = base or tempfile.mkdtemp(prefix='zamqp-brokers-')
+        _chown(self.base)
+        self.name = name or f'zamqptest-{uuid.uuid4().hex[:8]}'
+        self.node = f'{self.name}@localhost'
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = os.path.join(self.base, self.name)
+        self._prepare()
+
+    @property
+    def url(self):
+        return f'amqp://guest:guest@127.0.0.1:{self.port}/'
+
+    @property
+    def address(self):
+        return f'127.0.0.1:{self.port}'
+
+    def _prepare(self):
+        for sub in ('', 'mnesia', 'log'):
+            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+            _chown(os.path.join(self.dir, sub))
+        self._write('enabled_plugins', '[].\n')
+        self._write('rabbitmq.conf', 'loopback_users = none\n'
+                    'log.console = false\nlog.file.level = warning\n')
+
+    def _write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        _chown(path)
+
+    def env(self):
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, 'mnesia'),
+            RABBITMQ_LOG_BASE=os.path.join(self.dir, 'log'),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(
+                self.dir, 'enabled_plugins'),
+            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, 'rabbitmq.conf'),
+        )
+        return env
+
+    # life cycle
+
+    def launch(self):
+        """Start the node in the background; ``wait()`` for it to listen."""
+        subprocess.run([SERVER, '-detached'], env=self.env(), cwd=self.dir,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=CTL_TIMEOUT, check=True)
+
+    def wait(self, timeout=START_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_open(self.port):
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f'{self.node} did not listen on {self.port} '
+                           f'within {timeout:.0f} s; logs in {self.dir}/log')
+
+    def start(self, timeout=START_TIMEOUT):
+        self.launch()
+        return self.wait(timeout)
+
+    def pids(self):
+        """Process ids of this node's Erlang VM (found by its name)."""
+        found = []
+        needle = b'RABBITMQ_NODENAME=' + self.node.encode()
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f'/proc/{entry}/cmdline', 'rb') as f:
+                    program = f.read().split(b'\0')[0]
+                if not program.endswith(b'beam.smp'):
+                    continue
+                with open(f'/proc/{entry}/environ', 'rb') as f:
+                    environ = f.read().split(b'\0')
+            except OSError:
+                continue
+            if needle in environ:
+                found.append(int(entry))
+        return found
+
+    def kill(self, timeout=10.0):
+        """kill -9 the node and wait until its port is closed."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while (self.pids() or port_open(self.port)) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def ctl(self, *args, timeout=CTL_TIMEOUT, check=True):
+        return subprocess.run(
+            [CTL, '-n', self.node, *args], env=self.env(), cwd=self.dir,
+            capture_output=True, text=True, timeout=timeout, check=check)
+
+    def stop(self, timeout=CTL_TIMEOUT):
+        """Stop the node in order; kill -9 if that does not work in time."""
+        if not self.pids():
+            return
+        try:
+            self.ctl('stop', timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cleanup(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __repr__(self):
+        return f'<PrivateBroker {self.node} port {self.port}>'
+
+
+class Cluster:
+    """``size`` private nodes joined into one cluster (node 0 first).
+
+    Nodes start in parallel; then each other node runs ``stop_app``,
+    ``join_cluster`` with node 0 and ``start_app``.
+    """
+
+    def __init__(self, size=2):
+        self.base = tempfile.mkdtemp(prefix='zamqp-cluster-')
+        _chown(self.base)
+        tag = uuid.uuid4().hex[:6]
+        self.nodes = [PrivateBroker(self.base, f'zamqptest-{tag}-{i}')
+                      for i in range(size)]
+
+    def start(self):
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node.wait()
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.ctl('stop_app')
+                node.ctl('join_cluster', first.node)
+                node.ctl('start_app')
+                node.wait()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def running_nodes(self):
+        out = self.nodes[0].ctl('cluster_status', '--formatter', 'json')
+        import json
+        return json.loads(out.stdout).get('running_nodes', [])
+
+    @property
+    def addresses(self):
+        return [node.address for node in self.nodes]
+
+    def cleanup(self):
+        for node in self.nodes:
+            node.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
