@@ -233,6 +233,7 @@ def _cluster_scenario(cluster, start, began):
             time.sleep(0.1)
             continue
         sent.append(len(sent))
+        time.sleep(0.01)
     assert producer.connection.connection.host == b.address
 
     def listening():
