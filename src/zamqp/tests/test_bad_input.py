@@ -379,8 +379,8 @@ def test_allow_one_class_does_not_allow_os_system(props, start, caplog,
     assert not marker.exists()
 
 
-def test_shared_ack_failing_message_requeued_once(props, start, admin,
-                                                  caplog, quiet):
+def test_shared_ack_failing_message_retried_then_dead_lettered(
+        props, start, admin, caplog, quiet):
     calls = []
 
     def callback(body):
@@ -389,19 +389,27 @@ def test_shared_ack_failing_message_requeued_once(props, start, admin,
             raise RuntimeError('always fails')
 
     work = unique('work')     # queue names are global on the broker
-    consumer = AMQPConsumer(work, props, callback, shared=True)
+    consumer = AMQPConsumer(work, props, callback, shared=True,
+                            max_retries=2)
     assert consumer.ack
-    start(consumer)
-    bad_id = AMQPProducer(work, props)('bad')
-    assert wait_for(lambda: calls.count('bad') >= 2)
-    AMQPProducer(work, props)('good')
-    assert wait_for(lambda: 'good' in calls)
-    quiet()
-    assert calls.count('bad') == 2
-    assert calls.count('good') == 1
-    assert len(logged(caplog, bad_id, 'requeued once')) == 1
-    assert len(logged(caplog, bad_id, 'dropped')) == 1
-    assert admin.queue_depth(work) == 0
+    dead = consumer.dead_letter_exchange
+    assert dead == f'{props.exchange}.dead'
+    try:
+        start(consumer)
+        bad_id = AMQPProducer(work, props)('bad')
+        assert wait_for(lambda: calls.count('bad') >= 3)
+        AMQPProducer(work, props)('good')
+        assert wait_for(lambda: 'good' in calls)
+        quiet()
+        assert calls.count('bad') == 3      # the first try and 2 retries
+        assert calls.count('good') == 1
+        assert len(logged(caplog, bad_id, 'is retried')) == 2
+        assert len(logged(caplog, bad_id, 'is dead-lettered', dead)) == 1
+        assert admin.queue_depth(work) == 0
+        assert wait_for(lambda: admin.queue_depth(dead) == 1)
+    finally:
+        admin.delete_queue(dead)
+        admin.delete_exchange(dead)
 
 
 def test_broadcast_failing_message_not_redelivered(props, start, caplog,

@@ -31,7 +31,11 @@ def test_thread_is_daemon_named_after_queue(props, start, no_leaked_threads):
     assert thread.daemon
     assert 'named-q' in thread.name
     assert thread.name.startswith('zamqp-')
-    assert zamqp_threads() == [thread]
+    # callbacks run in a worker thread of its own, named after the queue
+    assert thread.worker.daemon
+    assert thread.worker.name == 'zamqp-worker-named-q'
+    assert sorted(zamqp_threads(), key=lambda t: t.name) == [thread,
+                                                             thread.worker]
     assert thread.stop()
     assert zamqp_threads() == []
 
@@ -48,7 +52,7 @@ def test_stop_several_threads(props, no_leaked_threads):
                for n in range(3)]
     for thread in threads:
         thread.start()
-    assert len(zamqp_threads()) == 3
+    assert len(zamqp_threads()) == 6       # each with its worker
     for thread in threads:
         thread.consumer.stop()
     assert all(thread.stop() for thread in threads)

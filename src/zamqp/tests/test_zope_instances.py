@@ -370,7 +370,7 @@ class TwoInstancesTests(InstancesTestCase):
         # beta's events consumer notified it as a received event ...
         self.assertTrue(wait_for(lambda: text in self.beta.texts(
             '@@zamqp-seen', origin='alpha', received=True,
-            thread='zamqp-consumer-addon.events'), timeout=10))
+            thread='zamqp-worker-addon.events'), timeout=10))
         # ... and beta's store handler committed it to beta's ZODB
         self.assertTrue(wait_for(
             lambda: text in self.beta.texts('@@zamqp-stored'), timeout=10))

@@ -370,7 +370,7 @@ class ConsumerInZopeTests(ZODBTestCase):
         self.assertTrue(wait_for(lambda: handlers.SEEN, timeout=5))
         self.assertEqual(handlers.SEEN, [dict(
             text='remote', origin='test', received=True,
-            thread='zamqp-consumer-addon.events')])
+            thread='zamqp-worker-addon.events')])
         self.assertEqual(len(self.stored()), 1)    # no echo came back
 
     def test_local_event_is_relayed_after_commit_only(self):
