@@ -109,7 +109,8 @@ class AMQPProps:
         settings = {name: getattr(self, name) for name in DEFAULTS}
         settings.update(exchange=self.exchange, type=self.type,
                         accept=self.accept, allow=self.allow)
-        if len(self.hosts) > 1 and not {'host', 'port', 'hosts'} & set(changes):
+        if len(self.hosts) > 1 and \
+                not {'host', 'port', 'hosts'} & set(changes):
             del settings['host']
             settings['hosts'] = self.hosts
         settings.update(changes)

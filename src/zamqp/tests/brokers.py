@@ -5,12 +5,14 @@ directory, so the shared broker (rabbit@localhost, port 5672) is never
 touched. Every call is bounded by a timeout; ``cleanup()`` stops what is
 left (kill -9 if need be) and removes the directories.
 """
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +22,23 @@ CTL = '/usr/sbin/rabbitmqctl'
 USER = 'rabbitmq'
 START_TIMEOUT = 40.0
 CTL_TIMEOUT = 30.0
+LIFETIME = 900.0    # a node's watchdog kills it after this many seconds
+
+# Kills the node (found by its RABBITMQ_NODENAME) once the test process
+# is gone or LIFETIME passed, so no node outlives a killed test run.
+WATCHDOG = """
+import os, sys, time
+parent, node, deadline = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+sys.path.insert(0, sys.argv[4])
+from brokers import PrivateBroker
+while time.time() < deadline:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(1)
+PrivateBroker.kill_node(node)
+"""
 
 
 def available():
@@ -113,6 +132,11 @@ class PrivateBroker:
         subprocess.run([SERVER, '-detached'], env=self.env(), cwd=self.dir,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=CTL_TIMEOUT, check=True)
+        subprocess.Popen(
+            [sys.executable, '-c', WATCHDOG, str(os.getpid()), self.node,
+             str(time.time() + LIFETIME), os.path.dirname(__file__)],
+            start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
 
     def wait(self, timeout=START_TIMEOUT):
         deadline = time.monotonic() + timeout
@@ -130,8 +154,20 @@ class PrivateBroker:
 
     def pids(self):
         """Process ids of this node's Erlang VM (found by its name)."""
+        return self.node_pids(self.node)
+
+    @staticmethod
+    def kill_node(node):
+        for pid in PrivateBroker.node_pids(node):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def node_pids(node):
         found = []
-        needle = b'RABBITMQ_NODENAME=' + self.node.encode()
+        needle = b'RABBITMQ_NODENAME=' + node.encode()
         for entry in os.listdir('/proc'):
             if not entry.isdigit():
                 continue
@@ -150,11 +186,7 @@ class PrivateBroker:
 
     def kill(self, timeout=10.0):
         """kill -9 the node and wait until its port is closed."""
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.kill_node(self.node)
         deadline = time.monotonic() + timeout
         while (self.pids() or port_open(self.port)) and \
                 time.monotonic() < deadline:
@@ -222,7 +254,6 @@ class Cluster:
 
     def running_nodes(self):
         out = self.nodes[0].ctl('cluster_status', '--formatter', 'json')
-        import json
         return json.loads(out.stdout).get('running_nodes', [])
 
     @property

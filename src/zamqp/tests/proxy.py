@@ -1,13 +1,14 @@
 """A TCP proxy for fault tests: forward, cut, stall, slow down, resume.
 
-One daemon thread runs a selector loop over the listening socket and every
-client/upstream pair (non-blocking, with a bounded buffer per direction,
-so a peer that does not read never blocks the other connections). ``cut()`` closes every connection (new ones are
-still accepted); ``stall()`` stops forwarding in both directions but keeps
-the sockets open, as a dead peer or a silent network would;
-``slow(delay, chunk)`` forwards at most ``chunk`` bytes at a time, each
-after ``delay`` seconds; ``resume()`` forwards normally again. The loop
-ends after ``lifetime`` seconds at the latest, or on ``close()``.
+One daemon thread runs a selector loop over the listening socket and
+every client/upstream pair (non-blocking, with a bounded buffer per
+direction, so a peer that does not read never blocks the others).
+``cut()`` closes every connection (new ones are still accepted);
+``stall()`` stops forwarding in both directions but keeps the sockets
+open, as a dead peer or a silent network would; ``slow(delay, chunk)``
+forwards at most ``chunk`` bytes at a time, each after ``delay``
+seconds; ``resume()`` forwards normally again. The loop ends after
+``lifetime`` seconds at the latest, or on ``close()``.
 """
 import selectors
 import socket

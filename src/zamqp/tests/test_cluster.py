@@ -11,7 +11,6 @@ from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import AMQPProps
 from zamqp import ConfigurationError
-from zamqp.connection import AMQPConnection
 from zamqp.connection import connect
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import PublishFailed
