@@ -7,6 +7,7 @@ from zamqp.events import AMQPEventCallback
 from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import MessageRefused
+from zamqp.exceptions import NotConfirmed
 from zamqp.exceptions import PublishFailed
 from zamqp.exceptions import ZAMQPError
 from zamqp.producer import AMQPProducer
@@ -16,5 +17,5 @@ __all__ = [
     'AMQPProps', 'AMQPConnection', 'AMQPProducer', 'AMQPConsumer',
     'AMQPThread', 'AMQPEventCallback', 'AMQPEvent', 'ZAMQPError',
     'ConfigurationError', 'ConnectionFailed', 'PublishFailed',
-    'MessageRefused',
+    'MessageRefused', 'NotConfirmed',
 ]

@@ -27,6 +27,30 @@ class PublishFailed(ZAMQPError):
     """A message could not be published."""
 
 
+class NotConfirmed(PublishFailed):
+    """The broker did not confirm one or more published messages.
+
+    ``nacked``: ids of messages the broker refused (basic.nack);
+    ``returned``: (id, routing key, reply text) of unroutable messages
+    returned because of ``mandatory=True`` (basic.return);
+    ``unconfirmed``: ids of messages with no answer within
+    ``confirm_timeout``, or lost with their connection. Messages not
+    listed were confirmed.
+    """
+
+    def __init__(self, message, nacked=(), returned=(), unconfirmed=()):
+        super().__init__(message)
+        self.nacked = list(nacked)
+        self.returned = list(returned)
+        self.unconfirmed = list(unconfirmed)
+
+    @property
+    def message_ids(self):
+        """The ids of all messages that were not confirmed."""
+        return (self.nacked + [entry[0] for entry in self.returned]
+                + self.unconfirmed)
+
+
 class MessageRefused(ZAMQPError):
     """A received message was not decoded; the text says why and what
     setting would accept it."""

@@ -90,6 +90,18 @@ class IProducer(Interface):
         Safe to call from several threads; reuses one connection.
         """
 
+    def publish_now(msg, routing_key):
+        """Publish the py-amqp message ``msg`` at once (no transaction);
+        with confirms, wait for its confirm unless a batch is open."""
+
+    def batch():
+        """A context manager that publishes what it is called with and,
+        with confirms, waits once at its end for all of them; raises
+        NotConfirmed listing the message ids that failed."""
+
+    def publish_many(objects, routing_key=None, headers=None):
+        """Publish every object as one batch; return the message ids."""
+
     def close():
         """Close the connection; the next call opens a new one."""
 

@@ -15,6 +15,7 @@ from zamqp import serializers
 from zamqp import transactional as _transactional
 from zamqp.connection import AMQPConnection
 from zamqp.exceptions import ConnectionFailed
+from zamqp.exceptions import NotConfirmed
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
 
@@ -22,30 +23,6 @@ logger = logging.getLogger('zamqp')
 
 #: Publish failures after which a new connection may succeed.
 RETRYABLE = (OSError, amqp_errors.AMQPError)
-
-
-class NotConfirmed(PublishFailed):
-    """The broker did not confirm one or more published messages.
-
-    ``nacked``: ids of messages the broker refused (basic.nack);
-    ``returned``: (id, routing key, reply text) of unroutable messages
-    returned because of ``mandatory=True`` (basic.return);
-    ``unconfirmed``: ids of messages with no answer within
-    ``confirm_timeout``, or lost with their connection. Messages not
-    listed were confirmed.
-    """
-
-    def __init__(self, message, nacked=(), returned=(), unconfirmed=()):
-        super().__init__(message)
-        self.nacked = list(nacked)
-        self.returned = list(returned)
-        self.unconfirmed = list(unconfirmed)
-
-    @property
-    def message_ids(self):
-        """The ids of all messages that were not confirmed."""
-        return (self.nacked + [entry[0] for entry in self.returned]
-                + self.unconfirmed)
 
 
 class _Record:

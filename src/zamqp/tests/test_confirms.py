@@ -17,7 +17,7 @@ from zamqp import AMQPProducer
 from zamqp import settings
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
-from zamqp.producer import NotConfirmed
+from zamqp import NotConfirmed
 from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import broker_url
 from zamqp.testhelpers import wait_for
