@@ -10,8 +10,9 @@ class IAMQPProps(Interface):
     hash alike, so they can key pools of connections.
     """
 
-    host = Attribute("Broker host name or address.")
+    host = Attribute("Broker host name or address (the first broker's).")
     port = Attribute("Broker TCP port (5672, or 5671 with ssl).")
+    hosts = Attribute("Every broker as (host, port) pairs, in order.")
     user = Attribute("User name to log in with.")
     password = Attribute("Password; never shown in reprs or logs.")
     virtual_host = Attribute("RabbitMQ virtual host, '/' by default.")
@@ -26,6 +27,13 @@ class IAMQPProps(Interface):
 
     def url():
         """Return the amqp:// URL of these props, without the password."""
+
+    def candidates():
+        """The ``host:port`` addresses to try, in the order to try them:
+        round-robin, starting after the broker last connected to."""
+
+    def connected(address):
+        """Note that a connection to ``address`` succeeded."""
 
 
 class IConnection(Interface):

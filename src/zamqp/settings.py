@@ -8,9 +8,11 @@ from zamqp.props import AMQPProps
 #: Set to off (or 0, false, no) to keep configured consumers from starting.
 CONSUMERS_VARIABLE = 'ZAMQP_CONSUMERS'
 OFF = ('off', '0', 'false', 'no')
-URL_PARTS = ('host', 'port', 'user', 'password', 'virtual_host', 'ssl')
+URL_PARTS = ('host', 'hosts', 'port', 'user', 'password', 'virtual_host',
+             'ssl')
 CONVERT = dict(port=int, heartbeat=int, connect_timeout=float,
-               timeout=float, ssl=lambda v: v.lower() not in OFF)
+               timeout=float, ssl=lambda v: v.lower() not in OFF,
+               hosts=str.split)
 KEYS = ('url',) + URL_PARTS + ('heartbeat', 'connect_timeout', 'timeout')
 
 

@@ -41,6 +41,9 @@ class IConnectionDirective(Interface):
                    description='amqp://user:password@host:port/vhost; '
                    'the attributes below win over it.')
     host = TextLine(title='Host', required=False)
+    hosts = Tokens(title='Hosts', value_type=TextLine(), required=False,
+                   description='Several brokers of a cluster, '
+                   "'host:port host:port'; tried in turn.")
     port = Int(title='Port', required=False, min=1, max=65535)
     user = TextLine(title='User', required=False)
     password = TextLine(title='Password', required=False,

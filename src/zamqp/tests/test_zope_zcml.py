@@ -316,6 +316,19 @@ class TestConfiguration(unittest.TestCase):
         other = zope.component.getUtility(IAMQPProps, 'Other')
         self.assertEqual((other.user, other.password), ('x', 's3cret'))
 
+    def test_hosts_of_a_cluster_in_zcml_and_zope_conf(self):
+        load('<zamqp:connection hosts="a:5672 b:5673" />')
+        props = zope.component.getUtility(IAMQPProps, 'default')
+        self.assertEqual(props.hosts, (('a', 5672), ('b', 5673)))
+        with ProductConfig(hosts='c:1 d:2'):
+            load('<zamqp:connection name="x" hosts="a:5672 b:5673" />')
+        props = zope.component.getUtility(IAMQPProps, 'x')
+        self.assertEqual(props.hosts, (('a', 5672), ('b', 5673)))
+        with ProductConfig(**{'y.url': 'amqp://c:1,d:2/'}):
+            load('<zamqp:connection name="y" hosts="a:5672 b:5673" />')
+        props = zope.component.getUtility(IAMQPProps, 'y')
+        self.assertEqual(props.hosts, (('c', 1), ('d', 2)))
+
     def test_product_config_keeps_consumers_off(self):
         with ProductConfig(consumers='off'):
             self.assertFalse(settings.consumers_enabled())
