@@ -1,8 +1,10 @@
 """AMQPConsumer and AMQPThread: receive, decode and hand over messages."""
 import collections
 import logging
+import os
 import queue
 import random
+import select
 import socket
 import threading
 import time
@@ -121,6 +123,9 @@ class AMQPConsumer:
         self._pending = 0       # messages to acknowledge with ...
         self._pending_tag = None    # ... one multiple ack of this tag
         self._tick = self._next_tick = None
+        self._poller = None     # socket and wake-up pipe, when pollable
+        self._sleeping = False  # the consumer thread waits in poll()
+        self._wake_r = self._wake_w = None
 
     def queue_arguments(self):
         """The ``arguments`` of the queue declaration."""
@@ -137,6 +142,9 @@ class AMQPConsumer:
     # the consumer thread: connection, acknowledgements, heartbeats
 
     def run(self):
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.worker = Worker(self)
         self.worker.start()
         try:
@@ -144,6 +152,9 @@ class AMQPConsumer:
         finally:
             self.worker.inbox.put(None)
             self.worker.join(self._remaining())
+            self._sleeping = False      # the worker writes no more
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _run(self):
         delay = self.min_backoff
@@ -203,6 +214,7 @@ class AMQPConsumer:
         self._tick = max(min(conn.heartbeat / 4.0, 1.0), 0.05) \
             if conn.heartbeat else None
         self._next_tick = time.monotonic()
+        self._poller = self._make_poller(conn)
         try:
             while not self._stopping.is_set():
                 self._step(conn)
@@ -213,16 +225,60 @@ class AMQPConsumer:
             self._channel = None    # results for it are dropped from now
             self.connection.close()
 
+    def _make_poller(self, conn):
+        """A poll object for the socket and the worker's wake-up pipe, or
+        None where a poll cannot see all the data (TLS buffers)."""
+        if not getattr(conn.transport, 'reads_ahead', False):
+            return None
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        return poller
+
+    def _readable(self, conn, timeout):
+        """Wait until the socket has data (True) or the worker has
+        results or ``timeout`` passed (False)."""
+        if self._poller is None or _buffered(conn):
+            return True
+        self._sleeping = True
+        try:
+            if self._results:
+                return False
+            events = self._poller.poll(timeout * 1000)
+        finally:
+            self._sleeping = False
+        readable = False
+        for fd, _ in events:
+            if fd == self._wake_r:
+                try:
+                    os.read(fd, 4096)
+                except BlockingIOError:
+                    pass
+            else:
+                readable = True
+        return readable
+
+    def wake(self, last):
+        """Worker thread: wake the consumer thread for results to send."""
+        if self._sleeping and (last or len(self._results) >= self.ack_batch):
+            try:
+                os.write(self._wake_w, b'.')
+            except OSError:
+                return
+            time.sleep(0)   # let the consumer thread have the GIL now
+
     def _step(self, conn):
         """Read a frame, pass on the worker's results, send heartbeats."""
         busy = (self._pending or self._results or self._busy
                 or self._delivered != self._started)
-        try:
-            conn.drain_events(
-                timeout=self.busy_interval if busy else self.poll_interval)
-            idle = False
-        except socket.timeout:
-            idle = True
+        timeout = self.busy_interval if busy else self.poll_interval
+        idle = True
+        if self._readable(conn, timeout):
+            try:
+                conn.drain_events(timeout=timeout)
+                idle = False
+            except socket.timeout:
+                pass
         # one hand-over per read from the socket, not one per message
         if self._batch and (idle or len(self._batch) >= 64
                             or not _buffered(conn)):
@@ -428,12 +484,14 @@ class Worker(threading.Thread):
             batch = get()
             if batch is None:
                 return
-            for message in batch:
+            last = len(batch) - 1
+            for n, message in enumerate(batch):
                 if consumer.begin(message):
                     try:
                         consumer.handle(message)
                     finally:
                         consumer.end()
+                consumer.wake(n == last)
 
 
 class AMQPThread(threading.Thread):
