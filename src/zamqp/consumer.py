@@ -100,7 +100,7 @@ class AMQPConsumer:
             dead_letter_exchange = f'{props.exchange}.dead' if self.ack \
                 else None
         self.dead_letter_exchange = dead_letter_exchange
-        self.ack_batch = max(1, prefetch // 4) if prefetch else 25
+        self.ack_batch = max(1, prefetch // 10) if prefetch else 25
         self.pass_message = pass_message
         accept = props.accept if accept is None else accept
         self.decoder = Decoder(accept, props.allow | AllowRules.from_spec(allow))
