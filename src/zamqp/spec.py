@@ -21,6 +21,7 @@ class ConsumerSpec:
     def __init__(self, name, props, queue, exchange='zamqp.broadcast.fanout',
                  type='fanout', routing_key=None, handler=None, events=False,
                  shared=False, durable=False, ack=None, prefetch=100,
+                 max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), site='', user=None):
         self.name = name
         self.props = props.replace(exchange=settings.prefixed(exchange),
@@ -30,7 +31,12 @@ class ConsumerSpec:
         self.handler = handler
         self.events = events
         self.options = dict(shared=shared, durable=durable, ack=ack,
-                            prefetch=prefetch, accept=accept)
+                            prefetch=prefetch, max_retries=max_retries,
+                            queue_type=queue_type, accept=accept)
+        if dead_letter_exchange is not None:     # else the consumer's default
+            self.options['dead_letter_exchange'] = (
+                None if dead_letter_exchange.lower() == 'none'
+                else settings.prefixed(dead_letter_exchange))
         self.allow = AllowRules.from_spec(allow)
         self.site = site
         self.user = user

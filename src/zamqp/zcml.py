@@ -112,6 +112,15 @@ class IConsumerDirective(IExchangeFields):
     durable = Bool(title='Durable queue', required=False, default=False)
     ack = Bool(title='Acknowledge after handling', required=False)
     prefetch = Int(title='Prefetch', required=False, default=100, min=0)
+    max_retries = Int(title='Retries of a failing message', required=False,
+                      default=3, min=0)
+    dead_letter_exchange = TextLine(
+        title='Dead-letter exchange', required=False,
+        description="Where failed messages go; default '<exchange>.dead' "
+        "for acknowledging consumers; 'none' drops them.")
+    queue_type = Choice(title='Queue type', values=('classic', 'quorum'),
+                        required=False,
+                        description="'quorum' for replicated shared queues.")
     accept = Tokens(title='Accepted serializers', value_type=TextLine(),
                     required=False)
     allow = Tokens(title='Allowed classes', value_type=TextLine(),
@@ -184,8 +193,9 @@ def register_producer(name, connection, options):
 def consumer(_context, name, connection='default', queue=None,
              exchange='zamqp.broadcast.fanout', type='fanout',
              routing_key=None, handler=None, events=False, shared=False,
-             durable=False, ack=None, prefetch=100, accept=None, allow=None,
-             site='', user=None):
+             durable=False, ack=None, prefetch=100, max_retries=3,
+             dead_letter_exchange=None, queue_type=None, accept=None,
+             allow=None, site='', user=None):
     if handler is not None and events:
         raise ConfigurationError(
             f"consumer {name!r}: give handler or events='true', not both")
@@ -195,7 +205,9 @@ def consumer(_context, name, connection='default', queue=None,
         queue=queue or name, exchange=exchange, type=type,
         routing_key=routing_key, handler=handler, events=events,
         shared=shared, durable=durable, ack=ack, prefetch=prefetch,
-        accept=accept, allow=tuple(allow or ()), site=site, user=user)
+        max_retries=max_retries, dead_letter_exchange=dead_letter_exchange,
+        queue_type=queue_type, accept=accept, allow=tuple(allow or ()),
+        site=site, user=user)
     _check(AllowRules.from_spec, options['allow'])
     _context.action(discriminator=('zamqp:consumer', name),
                     callable=register_consumer,

@@ -329,6 +329,21 @@ class TestConfiguration(unittest.TestCase):
         props = zope.component.getUtility(IAMQPProps, 'y')
         self.assertEqual(props.hosts, (('c', 1), ('d', 2)))
 
+    def test_consumer_reliability_attributes(self):
+        load('<zamqp:connection />\n'
+             '<zamqp:consumer name="w" shared="true" queue_type="quorum" '
+             'max_retries="5" dead_letter_exchange="failed" />\n'
+             '<zamqp:consumer name="d" shared="true" '
+             'dead_letter_exchange="none" />')
+        spec = zope.component.getUtility(IConsumerSpec, 'w')
+        consumer = spec.create()
+        prefix = self.layer['zamqpPrefix']
+        self.assertEqual((consumer.queue_type, consumer.max_retries,
+                          consumer.dead_letter_exchange, consumer.queue_name),
+                         ('quorum', 5, prefix + 'failed', prefix + 'w'))
+        drop = zope.component.getUtility(IConsumerSpec, 'd').create()
+        self.assertIsNone(drop.dead_letter_exchange)
+
     def test_product_config_keeps_consumers_off(self):
         with ProductConfig(consumers='off'):
             self.assertFalse(settings.consumers_enabled())
