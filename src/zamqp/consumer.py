@@ -141,12 +141,19 @@ class AMQPConsumer:
 
     # the consumer thread: connection, acknowledgements, heartbeats
 
-    def run(self):
+    def start_worker(self):
+        """Start the worker thread unless it runs (``run`` does it too;
+        AMQPThread does it first, so ``run`` goes straight to connecting)."""
+        if self.worker is not None and self.worker.is_alive():
+            return
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.worker = Worker(self)
         self.worker.start()
+
+    def run(self):
+        self.start_worker()
         try:
             self._run()
         finally:
@@ -516,6 +523,7 @@ class AMQPThread(threading.Thread):
         self.consumer.run()
 
     def start(self, timeout=None):
+        self.consumer.start_worker()
         super().start()
         if timeout is None:
             timeout = self.consumer.props.connect_timeout + 2
