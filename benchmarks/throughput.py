@@ -217,7 +217,8 @@ class Bench:
         self.fill(queue)
         counter = Counter(self.n)
         consumer = AMQPConsumer(queue, self.props, counter.seen,
-                                shared=True, ack=ack, prefetch=self.prefetch)
+                                shared=True, ack=ack,
+                                prefetch=self.prefetch if ack else None)
         counter.on_done = consumer.stop
         thread = AMQPThread(consumer)
         thread.start()

@@ -35,6 +35,11 @@ _DEFAULT = object()
 # exchange, DROP rejects it without requeueing.
 DONE, RETRY, DEAD, DROP = 'done', 'retry', 'dead', 'drop'
 
+# Default prefetch: acknowledging consumers hold few messages they may
+# still have to give back; the others ack as they take, and a wider
+# window keeps the broker sending while those acks travel.
+ACK_PREFETCH, TAKE_PREFETCH = 100, 1000
+
 
 @implementer(IConsumer)
 class AMQPConsumer:
@@ -49,7 +54,8 @@ class AMQPConsumer:
 
     The queue is bound with ``routing_key`` (default: ``queue``; a pattern
     such as ``'orders.*'`` on topic exchanges; ignored by fanout).
-    At most ``prefetch`` messages wait in the consumer. Callbacks run in a
+    At most ``prefetch`` messages wait in the consumer (default: 100 with
+    ``ack``, 1000 without). Callbacks run in a
     worker thread, one message at a time and in order, while the consumer
     thread keeps the connection (heartbeats, acknowledgements).
 
@@ -82,7 +88,7 @@ class AMQPConsumer:
     max_backoff = 30.0      # seconds between reconnect attempts, at most
 
     def __init__(self, queue, props, callback, routing_key=None,
-                 shared=False, durable=False, ack=None, prefetch=100,
+                 shared=False, durable=False, ack=None, prefetch=None,
                  accept=None, allow=(), pass_message=False, max_retries=3,
                  dead_letter_exchange=_DEFAULT, queue_type=None):
         self.queue = queue
@@ -94,6 +100,8 @@ class AMQPConsumer:
         self.queue_name = queue if shared else f'{queue}.{uuid.uuid4().hex}'
         self.routing_key = queue if routing_key is None else routing_key
         self.ack = shared if ack is None else ack
+        if prefetch is None:
+            prefetch = ACK_PREFETCH if self.ack else TAKE_PREFETCH
         self.prefetch = prefetch
         self.max_retries = max_retries
         if dead_letter_exchange is _DEFAULT:

@@ -20,7 +20,7 @@ class ConsumerSpec:
 
     def __init__(self, name, props, queue, exchange='zamqp.broadcast.fanout',
                  type='fanout', routing_key=None, handler=None, events=False,
-                 shared=False, durable=False, ack=None, prefetch=100,
+                 shared=False, durable=False, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), site='', user=None):
         self.name = name

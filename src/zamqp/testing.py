@@ -62,12 +62,16 @@ def install_registry_dispatch():
 
 
 def configured_exchanges():
-    """Exchanges of the producers and consumers in the current registry."""
+    """Exchanges of the producers and consumers in the current registry,
+    and the consumers' dead-letter exchanges (each with a queue of its
+    name)."""
     names = {p.props.exchange
              for _, p in zope.component.getUtilitiesFor(IProducer)}
-    names.update(s.props.exchange
-                 for _, s in zope.component.getUtilitiesFor(IConsumerSpec))
-    return names
+    dead = set()
+    for _, spec in zope.component.getUtilitiesFor(IConsumerSpec):
+        names.add(spec.props.exchange)
+        dead.add(spec.create().dead_letter_exchange)
+    return names, dead - {None}
 
 
 def release():
@@ -76,12 +80,14 @@ def release():
     events.close_producers()
     for _, producer in zope.component.getUtilitiesFor(IProducer):
         producer.close()
-    exchanges = configured_exchanges()
-    if exchanges:
+    exchanges, dead_letters = configured_exchanges()
+    if exchanges or dead_letters:
         admin = testhelpers.Admin()
         try:
-            for name in exchanges:
+            for name in exchanges | dead_letters:
                 admin.delete_exchange(name)
+            for name in dead_letters:
+                admin.delete_queue(name)
         finally:
             admin.close()
     lifecycle.restore_sigterm()

@@ -111,7 +111,8 @@ class IConsumerDirective(IExchangeFields):
     shared = Bool(title='Shared work queue', required=False, default=False)
     durable = Bool(title='Durable queue', required=False, default=False)
     ack = Bool(title='Acknowledge after handling', required=False)
-    prefetch = Int(title='Prefetch', required=False, default=100, min=0)
+    prefetch = Int(title='Prefetch', required=False, min=0,
+                   description='Default: 100 with ack, 1000 without.')
     max_retries = Int(title='Retries of a failing message', required=False,
                       default=3, min=0)
     dead_letter_exchange = TextLine(
@@ -193,7 +194,7 @@ def register_producer(name, connection, options):
 def consumer(_context, name, connection='default', queue=None,
              exchange='zamqp.broadcast.fanout', type='fanout',
              routing_key=None, handler=None, events=False, shared=False,
-             durable=False, ack=None, prefetch=100, max_retries=3,
+             durable=False, ack=None, prefetch=None, max_retries=3,
              dead_letter_exchange=None, queue_type=None, accept=None,
              allow=None, site='', user=None):
     if handler is not None and events:

@@ -31,6 +31,8 @@ def make_props(admin):
     yield make
     for exchange in made:
         admin.delete_exchange(exchange)
+        admin.delete_exchange(exchange + '.dead')   # acking consumers'
+        admin.delete_queue(exchange + '.dead')
 
 
 @pytest.fixture
