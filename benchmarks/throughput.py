@@ -132,12 +132,14 @@ class Bench:
         conn = self.raw_connection()
         try:
             channel = conn.channel()
-            for queue in self.queues:
+            dead = self.exchange + '.dead'  # acking consumers' dead letters
+            for queue in self.queues + [dead]:
                 try:
                     channel.queue_delete(queue)
                 except amqp_errors.NotFound:
                     channel = conn.channel()
             channel.exchange_delete(self.exchange)
+            channel.exchange_delete(dead)
         finally:
             conn.close()
 
