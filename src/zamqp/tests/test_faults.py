@@ -19,7 +19,6 @@ import pytest
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import AMQPProps
-from zamqp import AMQPThread
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import PublishFailed
 from zamqp.testhelpers import unique
@@ -67,22 +66,14 @@ def report(line):
 
 
 @pytest.fixture
-def threads():
-    """Start AMQPThreads; all are stopped at teardown."""
-    started = []
+def threads(start):
+    """conftest's ``start``, with consumers that reconnect quickly."""
 
-    def start(consumer):
-        consumer.max_backoff = 1.0      # reconnect quickly in the tests
-        thread = AMQPThread(consumer)
-        started.append(thread)
-        thread.start()
-        return thread
+    def start_quick(consumer):
+        consumer.max_backoff = 1.0
+        return start(consumer)
 
-    yield start
-    for thread in started:
-        thread.consumer.stop()
-    for thread in started:
-        thread.stop()
+    return start_quick
 
 
 def private_props(address, exchange, **kw):
