@@ -27,7 +27,6 @@ import pickle
 import statistics
 import sys
 import time
-import traceback
 
 import amqp
 
@@ -40,7 +39,7 @@ from throughput import CONTENT_TYPE  # noqa: E402
 from throughput import DEFAULT_URL  # noqa: E402
 from throughput import PROTOCOL  # noqa: E402
 from throughput import Bench  # noqa: E402
-from throughput import Lost  # noqa: E402
+from throughput import execute  # noqa: E402
 from throughput import payload  # noqa: E402
 
 #: zamqp confirmed batches should reach half the unconfirmed raw rate.
@@ -180,17 +179,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.messages < 2 or args.rounds < 1 or min(args.batch) < 1:
         parser.error('need --messages >= 2, --rounds >= 1, --batch >= 1')
-    try:
-        results = run(args)
-    except Lost as exc:
-        print(f'ERROR: lost messages: {exc}', file=sys.stderr)
-        return 1
-    except Exception:
-        traceback.print_exc()
-        print('ERROR: the benchmark failed', file=sys.stderr)
-        return 1
-    report(results)
-    return 0
+    return execute(run, report, args)
 
 
 if __name__ == '__main__':

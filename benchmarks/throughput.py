@@ -354,6 +354,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.messages < 2 or args.rounds < 1:
         parser.error('need --messages >= 2 and --rounds >= 1')
+    return execute(run, report, args)
+
+
+def execute(run, report, args):
+    """Run and report; return the exit status (1: lost messages or an
+    error, never a low ratio)."""
     logging.basicConfig(level=logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     try:
