@@ -1,5 +1,6 @@
 """Helpers for tests against a real broker: URL, names, waiting, checks."""
 import os
+import socket
 import threading
 import time
 import uuid
@@ -28,6 +29,13 @@ def broker_props(**kw):
     """Props for the test broker on an exchange of this run's own."""
     kw.setdefault('exchange', unique())
     return AMQPProps(url=broker_url(), **kw)
+
+
+def free_port():
+    """A loopback TCP port nothing listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout=5.0, interval=0.02):

@@ -17,6 +17,8 @@ import tempfile
 import time
 import uuid
 
+from zamqp.testhelpers import free_port
+
 SERVER = '/usr/sbin/rabbitmq-server'
 CTL = '/usr/sbin/rabbitmqctl'
 USER = 'rabbitmq'
@@ -55,12 +57,6 @@ def available():
     except KeyError:
         return False
     return os.path.exists(SERVER) and os.path.exists(CTL)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port, timeout=0.2):

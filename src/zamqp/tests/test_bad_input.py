@@ -22,16 +22,10 @@ from zamqp.testhelpers import wait_for
 from zamqp.tests.eventtypes import Marker
 from zamqp.tests.eventtypes import NotAllowed
 from zamqp.tests.eventtypes import Ping
+from zamqp.testhelpers import free_port
 
 SECRET = 'Sekr1t-pa55w0rd-xyzzy'
 PICKLE = 'application/x-python-serialize'
-
-
-def free_port():
-    """A local TCP port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def logged(caplog, *words):

@@ -138,13 +138,10 @@ def test_close_producers_closes_connections(props, received):
 
 
 def test_event_that_failed_to_publish_can_be_sent_again(props, received):
-    import socket
     from zamqp import AMQPProps
     from zamqp import ConnectionFailed
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    event = AMQPEvent('ev', AMQPProps(host='127.0.0.1', port=port),
+    from zamqp.testhelpers import free_port
+    event = AMQPEvent('ev', AMQPProps(host='127.0.0.1', port=free_port()),
                        Ping('retry'))
     with pytest.raises(ConnectionFailed):
         zope.event.notify(event)

@@ -1,7 +1,6 @@
 """Publish on commit: transactional producers and AMQPEvents against the
 real broker, with the ``transaction`` package's thread-local manager."""
 import logging
-import socket
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from zamqp import AMQPProps
 from zamqp import transactional
 from zamqp.testhelpers import wait_for
 from zamqp.tests.eventtypes import Ping
+from zamqp.testhelpers import free_port
 
 #: How long we watch for a message that must not arrive.
 QUIET = 0.3
@@ -56,12 +56,6 @@ def quiet(received, count=0):
     """True when nothing beyond the first ``count`` arrives for a while."""
     time.sleep(QUIET)
     return len(received) == count
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def zamqp_errors(caplog):

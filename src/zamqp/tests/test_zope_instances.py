@@ -37,6 +37,7 @@ from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests.zopeaddon import amqp_zcml
 from zamqp.tests.zopeaddon.events import Noted
+from zamqp.testhelpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +46,6 @@ START_TIMEOUT = 60
 #: Seconds a signalled instance may take to exit.
 EXIT_TIMEOUT = 10
 CONSUMERS = ['zamqp-consumer-addon.events', 'zamqp-consumer-addon.store']
-
-
-def free_port():
-    """A loopback TCP port nothing listens on (right now)."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def command(script, module):

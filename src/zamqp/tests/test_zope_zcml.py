@@ -30,6 +30,7 @@ from zamqp.testing import ZAMQP_FIXTURE
 from zamqp.testing import ZAMQPFixture
 from zamqp.tests import zcmltypes
 from zamqp.tests.eventtypes import Ping
+from zamqp.testhelpers import free_port
 
 
 class AppFixture(ZAMQPFixture):
@@ -168,12 +169,6 @@ class TestLifecycle(unittest.TestCase):
         self.assertEqual(lifecycle.running(), [])
         lifecycle.database_opened(DatabaseOpenedWithRoot(None))
         self.assertEqual(len(lifecycle.running()), 3)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 class ProductConfig:
