@@ -21,7 +21,6 @@ medians, with the ratio to raw unconfirmed publishing. Run::
 Exits 1 when messages are lost or the broker fails, never because a ratio
 is low.
 """
-import argparse
 import os
 import pickle
 import statistics
@@ -36,10 +35,10 @@ from zamqp import AMQPProps
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import CONTENT_TYPE  # noqa: E402
-from throughput import DEFAULT_URL  # noqa: E402
 from throughput import PROTOCOL  # noqa: E402
 from throughput import Bench  # noqa: E402
 from throughput import execute  # noqa: E402
+from throughput import parser_for  # noqa: E402
 from throughput import payload  # noqa: E402
 
 #: zamqp confirmed batches should reach half the unconfirmed raw rate.
@@ -163,19 +162,11 @@ def report(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--messages', type=int, default=20000,
-                        help='messages per measurement (default 20000)')
-    parser.add_argument('--rounds', type=int, default=3,
-                        help='rounds, alternating the order (default 3)')
+    parser = parser_for(__doc__, rounds=3)
     parser.add_argument('--batch', type=int, nargs='+', default=[100, 1000],
                         help='batch sizes (default 100 1000)')
     parser.add_argument('--no-single', action='store_true',
                         help='skip zamqp per-message confirmed publishing')
-    parser.add_argument('--url', default=os.environ.get('ZAMQP_TEST_URL')
-                        or DEFAULT_URL,
-                        help='broker URL (default $ZAMQP_TEST_URL or '
-                        f'{DEFAULT_URL})')
     args = parser.parse_args(argv)
     if args.messages < 2 or args.rounds < 1 or min(args.batch) < 1:
         parser.error('need --messages >= 2, --rounds >= 1, --batch >= 1')

@@ -341,16 +341,23 @@ def report(results):
     return ratios
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def parser_for(doc, rounds):
+    """An argument parser with the options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc.split('\n')[0])
     parser.add_argument('--messages', type=int, default=20000,
                         help='messages per measurement (default 20000)')
-    parser.add_argument('--rounds', type=int, default=5,
-                        help='rounds, alternating raw/zamqp (default 5)')
+    parser.add_argument('--rounds', type=int, default=rounds,
+                        help=f'rounds, alternating the order (default '
+                        f'{rounds})')
     parser.add_argument('--url', default=os.environ.get('ZAMQP_TEST_URL')
                         or DEFAULT_URL,
                         help='broker URL (default $ZAMQP_TEST_URL or '
                         f'{DEFAULT_URL})')
+    return parser
+
+
+def main(argv=None):
+    parser = parser_for(__doc__, rounds=5)
     args = parser.parse_args(argv)
     if args.messages < 2 or args.rounds < 1:
         parser.error('need --messages >= 2 and --rounds >= 1')
