@@ -72,7 +72,11 @@ class AMQPConsumer:
 
     ``accept`` names the serializers decoded (default: ``props.accept``);
     ``allow`` adds classes to the unpickling allow rules of
-    ``props.allow``. With ``pass_message=True`` the callback is called as
+    ``props.allow``, ``signed_allow`` to ``props.signed_allow`` (rules
+    only for messages with a verified signature, see props.secret);
+    ``max_size`` and ``max_depth`` replace the props' limits (None: no
+    limit). Messages refused by a limit, a signature check, the content
+    type or the decoder are handled like undecodable ones. With ``pass_message=True`` the callback is called as
     ``callback(body, message)``, ``message`` being the py-amqp message
     (headers, properties, delivery info).
 
@@ -90,7 +94,8 @@ class AMQPConsumer:
     def __init__(self, queue, props, callback, routing_key=None,
                  shared=False, durable=False, ack=None, prefetch=None,
                  accept=None, allow=(), pass_message=False, max_retries=3,
-                 dead_letter_exchange=_DEFAULT, queue_type=None):
+                 dead_letter_exchange=_DEFAULT, queue_type=None,
+                 signed_allow=(), max_size=_DEFAULT, max_depth=_DEFAULT):
         self.queue = queue
         self.props = props
         self.callback = callback
@@ -110,8 +115,12 @@ class AMQPConsumer:
         self.dead_letter_exchange = dead_letter_exchange
         self.ack_batch = max(1, prefetch // 10) if prefetch else 25
         self.pass_message = pass_message
-        accept = props.accept if accept is None else accept
-        self.decoder = Decoder(accept, props.allow | AllowRules.from_spec(allow))
+        limits = {name: value for name, value in
+                  (('max_size', max_size), ('max_depth', max_depth))
+                  if value is not _DEFAULT}
+        self.decoder = Decoder.for_props(
+            props, accept, AllowRules.from_spec(allow),
+            AllowRules.from_spec(signed_allow), **limits)
         self.connection = None
         self.error = None
         self.worker = None

@@ -12,6 +12,7 @@ from amqp import exceptions as amqp_errors
 from zope.interface import implementer
 
 from zamqp import serializers
+from zamqp import signing
 from zamqp import transactional as _transactional
 from zamqp.connection import AMQPConnection
 from zamqp.exceptions import ConnectionFailed
@@ -267,13 +268,22 @@ class AMQPProducer:
         return batch.ids
 
     def message(self, obj, headers=None):
-        """The py-amqp message that carries ``obj``."""
-        extra = {} if headers is None else {'headers': headers}
-        return amqp.Message(
+        """The py-amqp message that carries ``obj`` (signed when the
+        props have a secret)."""
+        extra = {} if headers is None else \
+            {'application_headers': dict(headers)}
+        msg = amqp.Message(
             self.serializer.dumps(obj),
             content_type=self.serializer.content_type,
             delivery_mode=self.delivery_mode,
             message_id=f'{self._id_prefix}-{next(self._ids)}', **extra)
+        signer = self.props.signer
+        if signer is not None:
+            properties = msg.properties
+            properties['timestamp'] = int(time.time())
+            headers = properties.setdefault('application_headers', {})
+            headers[signing.HEADER] = signer.sign(msg.body, properties)
+        return msg
 
     def _publish(self, msg, key, record=None):
         for attempt in (1, 2):

@@ -1,4 +1,5 @@
 """AMQPProps: connection and exchange settings, from keywords or a URL."""
+import os
 import warnings
 from urllib.parse import parse_qsl
 from urllib.parse import quote
@@ -7,18 +8,43 @@ from urllib.parse import urlsplit
 
 from zope.interface import implementer
 
+from zamqp import limits
 from zamqp import serializers
 from zamqp.exceptions import ConfigurationError
 from zamqp.interfaces import IAMQPProps
+from zamqp.signing import Signer
 from zamqp.unpickling import AllowRules
 
 EXCHANGE_TYPES = ('fanout', 'direct', 'topic', 'headers')
 DEFAULTS = dict(
     host='localhost', port=None, user='guest', password='guest',
     virtual_host='/', ssl=False, heartbeat=60, connect_timeout=10.0,
-    timeout=30.0,
+    timeout=30.0, ca_file=None, cert_file=None, key_file=None,
+    server_hostname=None, verify=True,
 )
-URL_OPTIONS = {'heartbeat': int, 'connect_timeout': float, 'timeout': float}
+#: Settings that are not the connection's: exchange, decoding, signing.
+MESSAGE_SETTINGS = ('exchange', 'type', 'accept', 'allow', 'signed_allow',
+                    'secret', 'accepted_secrets', 'accept_unsigned',
+                    'signature_max_age', 'max_size', 'max_depth')
+
+
+def _verify_option(value):
+    if value not in ('verify_peer', 'verify_none'):
+        raise ValueError(value)
+    return value == 'verify_peer'
+
+
+#: URL query options: name -> (attribute, conversion). The TLS ones have
+#: RabbitMQ's URI names.
+URL_OPTIONS = {
+    'heartbeat': ('heartbeat', int),
+    'connect_timeout': ('connect_timeout', float),
+    'timeout': ('timeout', float),
+    'cacertfile': ('ca_file', str), 'certfile': ('cert_file', str),
+    'keyfile': ('key_file', str),
+    'server_name_indication': ('server_hostname', str),
+    'verify': ('verify', _verify_option),
+}
 _REALM_UNSET = object()
 
 
@@ -38,6 +64,24 @@ class AMQPProps:
     turn (see ``candidates``).
     ``realm`` is accepted for compatibility and ignored: AMQP 0-9-1 has no
     access realms.
+
+    TLS (``ssl=True`` or ``amqps://``; see docs/tls.rst): ``ca_file``,
+    ``cert_file``, ``key_file``, ``server_hostname`` and ``verify``
+    (default True: the broker's certificate and name are checked);
+    ``ssl`` may also be an ``ssl.SSLContext``, used as it is.
+
+    Signing (see docs/security.rst): with ``secret`` (or ``secret_env``,
+    the name of an environment variable holding one or more secrets
+    separated by spaces, the first one signing) producers sign every
+    message and consumers refuse messages without a valid signature by
+    ``secret`` or one of ``accepted_secrets``, unless ``accept_unsigned``.
+    ``signed_allow`` are allow rules that apply only to messages whose
+    signature was verified; ``signature_max_age`` (seconds) refuses
+    signed messages older than that.
+
+    Limits of consumers: ``max_size`` (bytes of a body, checked before
+    anything reads it) and ``max_depth`` (nesting of the decoded value);
+    None for no limit.
     """
 
     def __init__(self, host=None, user=None, password=None, ssl=None,
@@ -45,7 +89,12 @@ class AMQPProps:
                  realm=_REALM_UNSET, port=None, virtual_host=None,
                  heartbeat=None, connect_timeout=None, timeout=None,
                  url=None, accept=('pickle', 'json'), allow=(),
-                 hosts=None):
+                 hosts=None, ca_file=None, cert_file=None, key_file=None,
+                 server_hostname=None, verify=None, secret=None,
+                 accepted_secrets=(), secret_env=None,
+                 accept_unsigned=False, signed_allow=(),
+                 signature_max_age=None, max_size=limits.MAX_SIZE,
+                 max_depth=limits.MAX_DEPTH):
         if realm is not _REALM_UNSET:
             warnings.warn(
                 "AMQPProps(realm=...) is ignored: access realms were "
@@ -54,7 +103,9 @@ class AMQPProps:
         given = dict(host=host, user=user, password=password, ssl=ssl,
                      port=port, virtual_host=virtual_host,
                      heartbeat=heartbeat, connect_timeout=connect_timeout,
-                     timeout=timeout)
+                     timeout=timeout, ca_file=ca_file, cert_file=cert_file,
+                     key_file=key_file, server_hostname=server_hostname,
+                     verify=verify)
         settings = dict(DEFAULTS, **parse_url(url) if url else {})
         url_hosts = settings.pop('hosts', None)
         settings.update((k, v) for k, v in given.items() if v is not None)
@@ -75,7 +126,43 @@ class AMQPProps:
         self.type = type
         self.accept = serializers.names(accept)
         self.allow = AllowRules.from_spec(allow)
+        self.signed_allow = AllowRules.from_spec(signed_allow)
+        self.max_size = limits.check_limit(max_size, 'max_size')
+        self.max_depth = limits.check_limit(max_depth, 'max_depth')
+        self._set_secrets(secret, accepted_secrets, secret_env,
+                          accept_unsigned, signature_max_age)
         self._validate()
+
+    def _set_secrets(self, secret, accepted, variable, accept_unsigned,
+                     max_age):
+        accepted = (accepted,) if isinstance(accepted, (str, bytes)) \
+            else tuple(accepted)
+        if variable is not None:
+            if secret is not None:
+                raise ConfigurationError(
+                    "give secret or secret_env, not both")
+            found = os.environ.get(variable, '').split()
+            if not found:
+                raise ConfigurationError(
+                    f"environment variable {variable} (secret_env) is not "
+                    "set or empty: set it to the shared secret (several, "
+                    "separated by spaces, while rotating: the first signs)")
+            secret, accepted = found[0], tuple(found[1:]) + accepted
+        if accepted and secret is None:
+            raise ConfigurationError(
+                "accepted_secrets needs a secret to sign with: set secret "
+                "(or secret_env) too")
+        if max_age is not None and (
+                not isinstance(max_age, (int, float)) or max_age <= 0):
+            raise ConfigurationError(
+                f"signature_max_age must be a number of seconds > 0, got "
+                f"{max_age!r}")
+        self.secret = secret
+        self.accepted_secrets = accepted
+        self.accept_unsigned = bool(accept_unsigned)
+        self.signature_max_age = max_age
+        self.signer = None if secret is None else \
+            Signer(secret, accepted, max_age)
 
     @classmethod
     def from_url(cls, url, **kw):
@@ -103,12 +190,16 @@ class AMQPProps:
                     f"{name} must be a number of seconds >= 0, "
                     f"got {value!r}: fix AMQPProps({name}=...)")
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
+        try:    # TEMPORARY until zamqp.tls lands
+            from zamqp import tls
+        except ImportError:
+            return
+        tls.check(self)
 
     def replace(self, **changes):
         """New props with the same settings but ``changes``."""
-        settings = {name: getattr(self, name) for name in DEFAULTS}
-        settings.update(exchange=self.exchange, type=self.type,
-                        accept=self.accept, allow=self.allow)
+        settings = {name: getattr(self, name)
+                    for name in (*DEFAULTS, *MESSAGE_SETTINGS)}
         if len(self.hosts) > 1 and \
                 not {'host', 'port', 'hosts'} & set(changes):
             del settings['host']
@@ -153,10 +244,10 @@ class AMQPProps:
         return f'{scheme}://{quote(self.user)}@{where}/{vhost}'
 
     def _key(self):
-        return (self.hosts, self.user, self.password,
-                self.virtual_host, repr(self.ssl), self.heartbeat,
-                self.connect_timeout, self.timeout, self.exchange,
-                self.type, self.accept, self.allow)
+        return (self.hosts, *(getattr(self, name) if name != 'ssl'
+                              else repr(self.ssl)
+                              for name in (*DEFAULTS, *MESSAGE_SETTINGS)
+                              if name not in ('host', 'port')))
 
     def __eq__(self, other):
         if not isinstance(other, AMQPProps):
@@ -251,9 +342,12 @@ def _url_options(query):
             raise ConfigurationError(
                 f"unknown URL option {name!r}: use one of "
                 f"{', '.join(sorted(URL_OPTIONS))}")
+        attribute, convert = URL_OPTIONS[name]
         try:
-            options[name] = URL_OPTIONS[name](value)
+            options[attribute] = convert(value)
         except ValueError:
+            expected = 'verify_peer or verify_none' if name == 'verify' \
+                else 'a number'
             raise ConfigurationError(
-                f"URL option {name}={value!r} is not a number") from None
+                f"URL option {name}={value!r} is not {expected}") from None
     return options
