@@ -16,7 +16,14 @@ class IAMQPProps(Interface):
     user = Attribute("User name to log in with.")
     password = Attribute("Password; never shown in reprs or logs.")
     virtual_host = Attribute("RabbitMQ virtual host, '/' by default.")
-    ssl = Attribute("False, True, or a dict of ssl options for py-amqp.")
+    ssl = Attribute("False, True, or an ssl.SSLContext used as it is.")
+    ca_file = Attribute("PEM file of the CAs that sign the broker's "
+                        "certificate; None: the system's.")
+    cert_file = Attribute("PEM client certificate (chain), or None.")
+    key_file = Attribute("PEM key of the client certificate, or None.")
+    server_hostname = Attribute("Name the broker's certificate must carry; "
+                                "None: the host connected to.")
+    verify = Attribute("Check the broker's certificate and name (True).")
     exchange = Attribute("Name of the exchange messages go through.")
     type = Attribute("Exchange type: 'fanout', 'direct' or 'topic'.")
     heartbeat = Attribute("Heartbeat interval in seconds (0 turns it off).")
@@ -24,6 +31,22 @@ class IAMQPProps(Interface):
     timeout = Attribute("Seconds any other blocking network call may take.")
     accept = Attribute("Names of the serializers consumers decode.")
     allow = Attribute("Allow rules for unpickling (see IAllowRules).")
+    signed_allow = Attribute("Allow rules added for messages whose "
+                             "signature was verified.")
+    secret = Attribute("The secret producers sign with, or None; never "
+                       "shown in reprs, logs or errors.")
+    accepted_secrets = Attribute("Further secrets whose signatures "
+                                 "consumers accept (rotation).")
+    accept_unsigned = Attribute("With a secret: decode unsigned messages "
+                                "with the strict rules instead of refusing "
+                                "them.")
+    signature_max_age = Attribute("Seconds a signed message stays valid, "
+                                  "or None.")
+    signer = Attribute("The zamqp.signing.Signer of the secrets, or None.")
+    max_size = Attribute("Largest body consumers read, in bytes; None: no "
+                         "limit.")
+    max_depth = Attribute("Deepest nesting of a decoded message; None: no "
+                          "limit.")
 
     def url():
         """Return the amqp:// URL of these props, without the password."""
@@ -68,6 +91,13 @@ class ISerializer(Interface):
         """
 
 
+class ISignedAllowRules(Interface):
+    """A utility holding IAllowRules that apply only to messages whose
+    signature was verified (``<zamqp:allow signed="true">``)."""
+
+    rules = Attribute("The IAllowRules.")
+
+
 class IAllowRules(Interface):
     """Which globals a restricted unpickler may resolve."""
 
@@ -84,8 +114,10 @@ class IDecoder(Interface):
     def __call__(message):
         """Return the decoded body or raise MessageRefused with a reason.
 
-        Steps run in order (a signature check fits in front of decoding);
-        no step may run code named by the message.
+        Steps run in order: size limit, signature check, content type,
+        restricted decoding, depth limit; nothing is decoded before the
+        checks in front of it passed, and no step may run code named by
+        the message.
         """
 
 

@@ -10,6 +10,7 @@ from zope.interface import implementer
 
 from zamqp import limits
 from zamqp import serializers
+from zamqp import tls
 from zamqp.exceptions import ConfigurationError
 from zamqp.interfaces import IAMQPProps
 from zamqp.signing import Signer
@@ -190,10 +191,6 @@ class AMQPProps:
                     f"{name} must be a number of seconds >= 0, "
                     f"got {value!r}: fix AMQPProps({name}=...)")
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
-        try:    # TEMPORARY until zamqp.tls lands
-            from zamqp import tls
-        except ImportError:
-            return
         tls.check(self)
 
     def replace(self, **changes):
@@ -303,6 +300,11 @@ def parse_url(url):
             f"URL scheme {parts.scheme!r} is not amqp or amqps: write the "
             "URL as amqp://user:password@host:port/vhost")
     settings = {'ssl': parts.scheme == 'amqps'}
+    if '@' in parts.path or '@' in parts.query:
+        raise ConfigurationError(
+            "the URL has an '@' after the host: a password with '/', '?' "
+            "or '#' must be quoted, e.g. with urllib.parse.quote(password, "
+            "safe='')")
     userinfo, _, hostlist = parts.netloc.rpartition('@')
     if ',' in hostlist:
         return _parse_multi_host_url(parts, userinfo, hostlist, settings)

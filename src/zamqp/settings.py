@@ -9,11 +9,26 @@ from zamqp.props import AMQPProps
 CONSUMERS_VARIABLE = 'ZAMQP_CONSUMERS'
 OFF = ('off', '0', 'false', 'no')
 URL_PARTS = ('host', 'hosts', 'port', 'user', 'password', 'virtual_host',
-             'ssl')
+             'ssl', 'ca_file', 'cert_file', 'key_file', 'server_hostname',
+             'verify')
+
+
+def _bool(value):
+    return value.lower() not in OFF
+
+
+def _limit(value):
+    return int(value) or None
+
+
 CONVERT = dict(port=int, heartbeat=int, connect_timeout=float,
-               timeout=float, ssl=lambda v: v.lower() not in OFF,
-               hosts=str.split)
-KEYS = ('url',) + URL_PARTS + ('heartbeat', 'connect_timeout', 'timeout')
+               timeout=float, ssl=_bool, verify=_bool, hosts=str.split,
+               accepted_secrets=str.split, accept_unsigned=_bool,
+               signature_max_age=float, max_size=_limit, max_depth=_limit)
+KEYS = ('url',) + URL_PARTS + (
+    'heartbeat', 'connect_timeout', 'timeout', 'secret', 'secret_env',
+    'accepted_secrets', 'accept_unsigned', 'signature_max_age', 'max_size',
+    'max_depth')
 
 
 def product_config():
@@ -51,6 +66,9 @@ def connection_props(name, given, with_overrides=False):
         if 'url' in over:
             settings = {k: v for k, v in settings.items()
                         if k not in URL_PARTS}
+        if {'secret', 'secret_env'} & set(over):
+            settings.pop('secret', None)
+            settings.pop('secret_env', None)
         settings.update(over)
     return AMQPProps(**settings)
 

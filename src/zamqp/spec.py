@@ -7,7 +7,16 @@ from zamqp.consumer import AMQPConsumer
 from zamqp.delivery import Delivery
 from zamqp.interfaces import IAllowRules
 from zamqp.interfaces import IConsumerSpec
+from zamqp.interfaces import ISignedAllowRules
 from zamqp.unpickling import AllowRules
+
+
+@implementer(ISignedAllowRules)
+class SignedAllowRules:
+    """Allow rules for messages with a verified signature only."""
+
+    def __init__(self, rules):
+        self.rules = rules
 
 
 @implementer(IConsumerSpec)
@@ -15,14 +24,18 @@ class ConsumerSpec:
     """What ``<zamqp:consumer>`` declares; ``create()`` makes the consumer.
 
     The allow rules are the consumer's own, those of its connection and
-    every ``<zamqp:allow>`` registered when the consumer is created.
+    every ``<zamqp:allow>`` registered when the consumer is created; the
+    same for the rules of signed messages (``signed_allow``,
+    ``<zamqp:allow signed="true">``). ``max_size`` and ``max_depth``,
+    when given, replace the connection's.
     """
 
     def __init__(self, name, props, queue, exchange='zamqp.broadcast.fanout',
                  type='fanout', routing_key=None, handler=None, events=False,
                  shared=False, durable=False, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
-                 accept=None, allow=(), site='', user=None):
+                 accept=None, allow=(), signed_allow=(), site='', user=None,
+                 **limits):
         self.name = name
         self.props = props.replace(exchange=settings.prefixed(exchange),
                                    type=type)
@@ -32,12 +45,13 @@ class ConsumerSpec:
         self.events = events
         self.options = dict(shared=shared, durable=durable, ack=ack,
                             prefetch=prefetch, max_retries=max_retries,
-                            queue_type=queue_type, accept=accept)
+                            queue_type=queue_type, accept=accept, **limits)
         if dead_letter_exchange is not None:     # else the consumer's default
             self.options['dead_letter_exchange'] = (
                 None if dead_letter_exchange.lower() == 'none'
                 else settings.prefixed(dead_letter_exchange))
         self.allow = AllowRules.from_spec(allow)
+        self.signed_allow = AllowRules.from_spec(signed_allow)
         self.site = site
         self.user = user
 
@@ -45,7 +59,8 @@ class ConsumerSpec:
         return AMQPConsumer(
             self.queue, self.props, self.delivery(database),
             routing_key=self.routing_key, allow=self.allow_rules(),
-            pass_message=True, **self.options)
+            signed_allow=self.signed_allow_rules(), pass_message=True,
+            **self.options)
 
     def delivery(self, database=None):
         in_context = None
@@ -59,6 +74,13 @@ class ConsumerSpec:
         for other in zope.component.getAllUtilitiesRegisteredFor(
                 IAllowRules):
             rules = rules | other
+        return rules
+
+    def signed_allow_rules(self):
+        rules = self.signed_allow
+        for other in zope.component.getAllUtilitiesRegisteredFor(
+                ISignedAllowRules):
+            rules = rules | other.rules
         return rules
 
     def __repr__(self):

@@ -23,8 +23,10 @@ from zamqp.interfaces import IAllowRules
 from zamqp.interfaces import IAMQPProps
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IProducer
+from zamqp.interfaces import ISignedAllowRules
 from zamqp.props import EXCHANGE_TYPES
 from zamqp.spec import ConsumerSpec
+from zamqp.spec import SignedAllowRules
 from zamqp.unpickling import AllowRules
 
 # Connections are registered before what refers to them, producers
@@ -56,6 +58,34 @@ class IConnectionDirective(Interface):
                             required=False, min=0.0)
     timeout = Float(title='Network timeout (seconds)', required=False,
                     min=0.0)
+    ca_file = TextLine(title='TLS: CA file', required=False,
+                       description="PEM CAs of the broker's certificate; "
+                       "default: the system's.")
+    cert_file = TextLine(title='TLS: client certificate', required=False)
+    key_file = TextLine(title='TLS: client key', required=False)
+    server_hostname = TextLine(
+        title='TLS: name to check', required=False,
+        description="Default: the host connected to.")
+    verify = Bool(title='TLS: verify the broker', required=False,
+                  description="Default true; false only for tests.")
+    secret = TextLine(title='Signing secret', required=False,
+                      description='Better in zope.conf or the '
+                      'environment (secret_env) than in ZCML.')
+    secret_env = TextLine(title='Environment variable of the secret',
+                          required=False,
+                          description='Holds the secret, or several '
+                          'separated by spaces: the first signs.')
+    accepted_secrets = Tokens(title='Further accepted secrets',
+                              value_type=TextLine(), required=False)
+    accept_unsigned = Bool(title='Accept unsigned messages', required=False,
+                           description='With a secret: decode unsigned '
+                           'messages with the strict rules.')
+    signature_max_age = Float(title='Maximum age of signed messages '
+                              '(seconds)', required=False, min=0.001)
+    max_size = Int(title='Largest body (bytes)', required=False, min=0,
+                   description='Default 16 MiB; 0: no limit.')
+    max_depth = Int(title='Deepest nesting', required=False, min=0,
+                    description='Default 100; 0: no limit.')
 
 
 class IExchangeFields(Interface):
@@ -127,6 +157,14 @@ class IConsumerDirective(IExchangeFields):
     allow = Tokens(title='Allowed classes', value_type=TextLine(),
                    required=False,
                    description="Dotted names or patterns ('myapp.*').")
+    signed_allow = Tokens(title='Allowed classes of signed messages',
+                          value_type=TextLine(), required=False,
+                          description='Only for messages whose signature '
+                          'was verified.')
+    max_size = Int(title='Largest body (bytes)', required=False, min=0,
+                   description="Default: the connection's; 0: no limit.")
+    max_depth = Int(title='Deepest nesting', required=False, min=0,
+                    description="Default: the connection's; 0: no limit.")
     site = TextLine(title='Site path', required=False, default='',
                     description="Zope: the site handlers run in, e.g. "
                     "'/plone'; default: the application root.")
@@ -147,6 +185,10 @@ class IAllowDirective(Interface):
 
     names = Tokens(title='Dotted names or patterns', value_type=TextLine(),
                    required=True)
+    signed = Bool(title='Only for signed messages', required=False,
+                  default=False,
+                  description='Apply the names only to messages whose '
+                  'signature was verified.')
 
 
 def _check(make, *args, **kw):
@@ -159,7 +201,10 @@ def _check(make, *args, **kw):
 
 def connection(_context, name='default', **given):
     given = {k: v for k, v in given.items() if v is not None}
-    _check(settings.connection_props, name, given)
+    for limit in ('max_size', 'max_depth'):
+        if given.get(limit) == 0:
+            given[limit] = None
+    _check(settings.connection_props, name, given, with_overrides=True)
     _context.action(discriminator=('zamqp:connection', name),
                     callable=register_connection, args=(name, given),
                     order=CONNECTION_ORDER)
@@ -196,7 +241,8 @@ def consumer(_context, name, connection='default', queue=None,
              routing_key=None, handler=None, events=False, shared=False,
              durable=False, ack=None, prefetch=None, max_retries=3,
              dead_letter_exchange=None, queue_type=None, accept=None,
-             allow=None, site='', user=None):
+             allow=None, signed_allow=None, max_size=None, max_depth=None,
+             site='', user=None):
     if handler is not None and events:
         raise ConfigurationError(
             f"consumer {name!r}: give handler or events='true', not both")
@@ -208,8 +254,12 @@ def consumer(_context, name, connection='default', queue=None,
         shared=shared, durable=durable, ack=ack, prefetch=prefetch,
         max_retries=max_retries, dead_letter_exchange=dead_letter_exchange,
         queue_type=queue_type, accept=accept, allow=tuple(allow or ()),
-        site=site, user=user)
+        signed_allow=tuple(signed_allow or ()), site=site, user=user)
+    for limit, value in (('max_size', max_size), ('max_depth', max_depth)):
+        if value is not None:
+            options[limit] = value or None
     _check(AllowRules.from_spec, options['allow'])
+    _check(AllowRules.from_spec, options['signed_allow'])
     _context.action(discriminator=('zamqp:consumer', name),
                     callable=register_consumer,
                     args=(name, connection, options), order=USER_ORDER)
@@ -234,15 +284,19 @@ def register_relay(for_, producer):
     _registry().registerHandler(Relay(producer), (for_,))
 
 
-def allow(_context, names):
+def allow(_context, names, signed=False):
     _check(AllowRules.from_spec, names)
     _context.action(discriminator=None, callable=register_allow,
-                    args=(tuple(names),), order=CONNECTION_ORDER)
+                    args=(tuple(names), signed), order=CONNECTION_ORDER)
 
 
-def register_allow(names):
+def register_allow(names, signed=False):
     rules = AllowRules.from_spec(names)
-    _registry().registerUtility(rules, IAllowRules, ' '.join(names))
+    if signed:
+        _registry().registerUtility(SignedAllowRules(rules),
+                                    ISignedAllowRules, ' '.join(names))
+    else:
+        _registry().registerUtility(rules, IAllowRules, ' '.join(names))
 
 
 def _registry():

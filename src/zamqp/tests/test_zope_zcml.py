@@ -351,3 +351,50 @@ class TestConfiguration(unittest.TestCase):
         for module, name in (('a', 'B'), ('d', 'E')):
             self.assertTrue(rules.allows(module, name))
         self.assertFalse(rules.allows('x', 'Y'))
+
+    def test_signing_limits_and_tls_attributes(self):
+        secret = 'zcml-secret-0123456789'
+        load('<zamqp:connection secret="%s" accepted_secrets="%s" '
+             'accept_unsigned="true" signature_max_age="300" '
+             'max_size="1000" max_depth="0" ssl="true" verify="true" '
+             'server_hostname="rabbit.example" />\n'
+             '<zamqp:allow names="a.Signed" signed="true" />\n'
+             '<zamqp:consumer name="c" signed_allow="d.*" max_depth="7" />'
+             % (secret, 'older-secret-0123456789'))
+        props = zope.component.getUtility(IAMQPProps, 'default')
+        self.assertEqual((props.secret, props.accepted_secrets,
+                          props.accept_unsigned, props.signature_max_age,
+                          props.max_size, props.max_depth,
+                          props.server_hostname),
+                         (secret, ('older-secret-0123456789',), True, 300.0,
+                          1000, None, 'rabbit.example'))
+        spec = zope.component.getUtility(IConsumerSpec, 'c')
+        consumer = spec.create()
+        decoder = consumer.decoder
+        self.assertEqual((decoder.max_size, decoder.max_depth), (1000, 7))
+        for module, name in (('a', 'Signed'), ('d', 'E')):
+            self.assertTrue(decoder.signed_allow.allows(module, name))
+            self.assertFalse(decoder.allow.allows(module, name))
+        self.assertEqual(decoder.signer.key_ids, props.signer.key_ids)
+
+    def test_secret_from_zope_conf_or_environment(self):
+        import os
+        with ProductConfig(secret='conf-secret-0123456789',
+                           max_size='0'):
+            load('<zamqp:connection secret_env="ZAMQP_NOT_SET_ANYWHERE" />')
+        props = zope.component.getUtility(IAMQPProps, 'default')
+        self.assertEqual((props.secret, props.max_size),
+                         ('conf-secret-0123456789', None))
+        os.environ['ZAMQP_TEST_ZCML_SECRET'] = 'env-secret-0123456789'
+        try:
+            load('<zamqp:connection name="e" '
+                 'secret_env="ZAMQP_TEST_ZCML_SECRET" />')
+        finally:
+            del os.environ['ZAMQP_TEST_ZCML_SECRET']
+        props = zope.component.getUtility(IAMQPProps, 'e')
+        self.assertEqual(props.secret, 'env-secret-0123456789')
+        self.assertLoadFails(
+            '<zamqp:connection name="f" secret_env="ZAMQP_NOT_SET_X" />',
+            'ZAMQP_NOT_SET_X', 'line 4')
+        self.assertLoadFails('<zamqp:connection name="g" secret="short" />',
+                             'shorter than 16', 'line 4')
