@@ -41,32 +41,82 @@ def check_size(body, max_size):
 
 def check_depth(value, max_depth):
     """Raise MessageRefused if ``value`` nests containers or instances
-    (their ``__dict__``) more than ``max_depth`` levels deep. Shared and
-    cyclic references are visited once."""
-    if max_depth is None or type(value) in _SCALARS:
+    (their ``__dict__``) more than ``max_depth`` levels deep.
+
+    The depth is that of the longest path, as ``repr`` or ``==`` would
+    recurse along it, also where shared references make the value a
+    graph; a reference back to an enclosing container (a cycle) ends a
+    path, as it does for ``repr``. Each container is visited once.
+    """
+    if max_depth is None:
         return
-    seen = set()
-    stack = [(value, 1)]
+    children = _children(value)
+    if children is None or max_depth >= 2 and _shallow(children):
+        return
+    if _height(value, children, max_depth) > max_depth:
+        raise MessageRefused(
+            f"the decoded message nests more than max_depth={max_depth} "
+            "levels: not delivered; raise max_depth on the consumer or "
+            "props if such messages are expected")
+
+
+def _height(root, children, limit):
+    """Levels below and including ``root``, or ``limit + 1`` as soon as
+    it is known to be more than ``limit``."""
+    if _flat(children):
+        return 1
+    heights = {}                    # id -> height of finished containers
+    path = {id(root)}               # ids of the containers on the stack
+    stack = [[root, iter(children), 1]]     # container, children, height
     while stack:
-        item, depth = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        children = _children(item)
-        if children is None:
-            continue
-        if depth > max_depth:
-            raise MessageRefused(
-                f"the decoded message nests more than max_depth="
-                f"{max_depth} levels: not delivered; raise max_depth on "
-                "the consumer or props if such messages are expected")
-        depth += 1
-        stack.extend((child, depth) for child in children
-                     if type(child) not in _SCALARS)
+        frame = stack[-1]
+        for child in frame[1]:
+            if type(child) in _SCALARS or id(child) in path:
+                continue
+            known = heights.get(id(child))
+            if known is None:
+                grandchildren = _children(child)
+                if grandchildren is None:
+                    continue
+                if not _flat(grandchildren):
+                    if len(stack) >= limit:
+                        return limit + 1
+                    path.add(id(child))
+                    stack.append([child, iter(grandchildren), 1])
+                    break
+                known = heights[id(child)] = 1
+            if len(stack) + known > limit:
+                return limit + 1
+            if known >= frame[2]:
+                frame[2] = known + 1
+        else:
+            stack.pop()
+            path.discard(id(frame[0]))
+            height = heights[id(frame[0])] = frame[2]
+            if stack and height >= stack[-1][2]:
+                stack[-1][2] = height + 1
+    return heights[id(root)]
+
+
+def _shallow(children):
+    """Whether ``children`` are scalars and containers of scalars (most
+    messages: the quick way out)."""
+    for child in children:
+        if type(child) not in _SCALARS:
+            grandchildren = _children(child)
+            if grandchildren is not None and not _flat(grandchildren):
+                return False
+    return True
+
+
+def _flat(children):
+    """Whether ``children`` are all scalars."""
+    return set(map(type, children)) <= _SCALARS
 
 
 def _children(item):
-    """What ``item`` holds, or None for a leaf."""
+    """What ``item`` holds (a sequence that can be iterated again), or
+    None for a leaf."""
     kind = type(item)
     if kind is dict:
         return (*item, *item.values())
@@ -81,7 +131,9 @@ def _children(item):
     state = getattr(item, '__dict__', None)
     if isinstance(state, dict):
         return (*state, *state.values())
-    try:
-        return iter(item) if kind.__module__ == 'collections' else None
-    except TypeError:
-        return None
+    if kind.__module__ == 'collections':     # deque
+        try:
+            return tuple(item)
+        except TypeError:
+            return None
+    return None

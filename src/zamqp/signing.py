@@ -21,7 +21,6 @@ import datetime
 import decimal
 import hashlib
 import hmac
-import json
 import time
 
 from zamqp.exceptions import ConfigurationError
@@ -34,6 +33,8 @@ VERSION = 'v1'
 MIN_SECRET = 16
 _KEY_ID_LABEL = b'zamqp key id'
 _HEX = frozenset('0123456789abcdef')
+#: Bodies up to this size are copied once to be MACed in one call.
+_ONE_SHOT = 64 * 1024
 
 
 def key_id(secret):
@@ -151,17 +152,25 @@ def _parse(value):
 
 
 def _mac(key, body, properties):
-    mac = hmac.new(key, signed_fields(properties), hashlib.sha256)
+    fields = signed_fields(properties)
+    if isinstance(body, str):       # a channel that decoded text bodies
+        body = body.encode('utf-8', 'surrogatepass')
+    if len(body) <= _ONE_SHOT:
+        return hmac.digest(key, b'%s\0%s' % (fields, body), 'sha256').hex()
+    mac = hmac.new(key, fields, hashlib.sha256)
     mac.update(b'\0')
-    mac.update(body if isinstance(body, (bytes, bytearray, memoryview))
-               else _key(body))
+    mac.update(body)
     return mac.hexdigest()
 
 
 def signed_fields(properties):
     """The canonical bytes of the signed properties and headers: the
     same on both ends, whatever types the AMQP round trip gives back
-    (bytes and str, naive and aware datetimes, ints of any size)."""
+    (bytes and str, naive and aware datetimes, ints of any size).
+
+    They are ``ascii()`` of a list of strings, ints, None and lists: all
+    non-ASCII characters escaped, so the same on every Python 3.
+    """
     try:
         return _signed_fields(properties)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -171,18 +180,23 @@ def signed_fields(properties):
 
 
 def _signed_fields(properties):
-    headers = properties.get('application_headers') or {}
-    signed = [[str(name), _canonical(value)]
-              for name, value in sorted(headers.items())
-              if not str(name).lower().startswith('x-')]
-    timestamp = properties.get('timestamp')
-    fields = [VERSION, properties.get('content_type') or '',
-              properties.get('content_encoding') or '',
-              properties.get('type') or '',
-              properties.get('message_id') or '',
+    get = properties.get
+    headers = get('application_headers')
+    signed = [[str(name), _canonical(headers[name])]
+              for name in sorted(headers)
+              if not str(name).lower().startswith('x-')] if headers else []
+    timestamp = get('timestamp')
+    fields = [VERSION, _text(get('content_type')),
+              _text(get('content_encoding')), _text(get('type')),
+              _text(get('message_id')),
               None if timestamp is None else _seconds(timestamp), signed]
-    return json.dumps(fields, ensure_ascii=True,
-                      separators=(',', ':')).encode('ascii')
+    return ascii(fields).encode('ascii')
+
+
+def _text(value):
+    if value is None or isinstance(value, str):
+        return value or ''
+    raise TypeError(f'a property of type {type(value).__name__}')
 
 
 def _canonical(value):
