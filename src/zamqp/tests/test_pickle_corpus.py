@@ -361,7 +361,7 @@ def test_non_class_attributes_are_refused(module, name, encoding, marker):
 
 # -- malformed, oversized and abusive data ---------------------------------
 
-@pytest.mark.parametrize('payload', [
+OVERSIZED = [
     b'\x80\x04\x8e' + struct.pack('<Q', 2 ** 62) + b'abc.',     # BINBYTES8
     b'\x80\x04\x8e' + struct.pack('<Q', 2 ** 64 - 1) + b'abc.',
     b'\x80\x04\x8d' + struct.pack('<Q', 2 ** 62) + b'abc.',     # BINUNICODE8
@@ -370,7 +370,10 @@ def test_non_class_attributes_are_refused(module, name, encoding, marker):
     b'\x80\x02X' + struct.pack('<I', 2 ** 32 - 1) + b'abc.',    # BINUNICODE
     b'\x80\x04\x95' + struct.pack('<Q', 2 ** 62) + b'N.',      # FRAME
     b'\x80\x02\x8b' + struct.pack('<i', 2 ** 31 - 1) + b'\x01.',  # LONG4
-], ids=['BINBYTES8', 'BINBYTES8-max', 'BINUNICODE8', 'BYTEARRAY8',
+]
+
+
+@pytest.mark.parametrize('payload', OVERSIZED, ids=['BINBYTES8', 'BINBYTES8-max', 'BINUNICODE8', 'BYTEARRAY8',
         'BINBYTES', 'BINUNICODE', 'FRAME', 'LONG4'])
 def test_oversized_length_fails_fast(payload):
     started = time.monotonic()
@@ -394,7 +397,7 @@ def test_every_truncation_fails_cleanly(protocol):
     assert time.monotonic() - started < 5.0
 
 
-@pytest.mark.parametrize('payload', [
+ABUSE = [
     b'\x80\x02h\x05.',                                   # BINGET missing
     b'\x80\x02j\xff\xff\xff\xff.',                       # LONG_BINGET huge
     b'g99999999999999999999\n.',                         # GET huge
@@ -416,7 +419,10 @@ def test_every_truncation_fails_cleanly(protocol):
     b'S\'unterminated\n.',                               # bad STRING
     b'\x80\x02\x93.',                                    # STACK_GLOBAL empty
     b'\x80\x02NN\x93.',                                  # non-str names
-], ids=lambda p: repr(p)[:30])
+]
+
+
+@pytest.mark.parametrize('payload', ABUSE, ids=lambda p: repr(p)[:30])
 def test_memo_and_stack_abuse_fail_cleanly(payload):
     with pytest.raises(MessageRefused, match='cannot decode pickle'):
         decode(payload)
@@ -579,3 +585,47 @@ def test_rule_for_names_this_module():
     # The allow tests above depend on classes of this module being named
     # by their importable dotted name.
     assert rule_for(Touching) == f'{__name__}.Touching'
+
+
+# -- through a running consumer --------------------------------------------
+
+def test_corpus_through_a_consumer(make_props, admin, start, marker, caplog):
+    """Every attack in every encoding, the oversized and abusive pickles
+    and truncated ones, published to one consumer on the real broker:
+    each is refused with a log line naming its message id and the reason,
+    dead-lettered, nothing runs, and the consumer goes on."""
+    from zamqp import AMQPConsumer
+    from zamqp.testhelpers import unique
+    from zamqp.testhelpers import wait_for
+
+    props = make_props()
+    queue, dead = unique('corpus'), f'{props.exchange}.dead'
+    payloads = [encode(*attack) for attack in attacks(marker).values()
+                for encode in ENCODINGS.values()]
+    payloads += OVERSIZED + ABUSE
+    whole = pickle.dumps(NESTED, 4)
+    payloads += [whole[:n] for n in range(0, len(whole), 7)]
+    got = []
+    start(AMQPConsumer(queue, props, got.append, shared=True))
+    try:
+        with caplog.at_level('ERROR', 'zamqp'):
+            for n, payload in enumerate(payloads):
+                admin.channel.basic_publish(amqp.Message(
+                    payload, content_type=CONTENT_TYPE,
+                    message_id=f'attack-{n}'), props.exchange, queue)
+            admin.channel.basic_publish(amqp.Message(
+                whole, content_type=CONTENT_TYPE, message_id='valid'),
+                props.exchange, queue)
+            assert wait_for(lambda: got == [NESTED], timeout=20)
+            assert wait_for(
+                lambda: admin.queue_depth(dead) == len(payloads), timeout=20)
+        refused = {r.getMessage().partition('refused message ')[2]
+                   .split()[0]: r.getMessage() for r in caplog.records
+                   if 'refused message' in r.getMessage()}
+        assert sorted(refused) == sorted(f'attack-{n}'
+                                         for n in range(len(payloads)))
+        for line in refused.values():
+            assert 'dead-lettered' in line
+            assert 'allow=' in line or 'cannot decode pickle' in line
+    finally:
+        admin.delete_queue(queue)
