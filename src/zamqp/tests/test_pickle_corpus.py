@@ -629,3 +629,82 @@ def test_corpus_through_a_consumer(make_props, admin, start, marker, caplog):
             assert 'allow=' in line or 'cannot decode pickle' in line
     finally:
         admin.delete_queue(queue)
+
+
+# -- the modules a public pickle scanner flags ------------------------------
+
+#: Modules that fickling (trailofbits/fickling, ``UNSAFE_IMPORTS``, read in
+#: November 2026) reports as unsafe in a pickle, in our own order. The
+#: default rules must refuse every name in each of them, except the value
+#: types zamqp documents as safe (see SCANNER_EXCEPTIONS).
+SCANNER_MODULES = sorted({
+    'builtins', '__builtin__', '__builtins__', 'os', 'posix', 'nt', 'sys',
+    'subprocess', '_posixsubprocess', 'pty', 'commands', 'multiprocessing',
+    'code', 'codeop', 'runpy', 'marshal', 'types', 'compile', 'exec', 'eval',
+    'doctest', '_interpreters', '_xxsubinterpreters', 'importlib',
+    '_frozen_importlib', '_frozen_importlib_external', '_imp', 'imp',
+    'pkgutil', 'zipimport', 'gc', 'site', 'unittest', 'inspect', 'test',
+    'operator', '_operator', 'functools', 'cProfile', 'profile', 'pdb',
+    'bdb', 'timeit', 'trace', 'socket', 'ssl', 'http', 'httplib', 'urllib',
+    'urllib2', 'requests', 'aiohttp', 'asyncio', 'webbrowser', 'smtplib',
+    'imaplib', 'ftplib', 'poplib', 'telnetlib', 'nntplib', 'ctypes',
+    '_ctypes', 'pickle', '_pickle', 'dill', 'cloudpickle', 'joblib',
+    'shutil', 'tempfile', 'filecmp', 'distutils', 'pydoc', 'pexpect',
+    'pipes', 'venv', 'ensurepip', 'pip', 'idlelib', 'lib2to3',
+    'socketserver', 'xmlrpc', 'signal', '_signal', 'threading', '_thread',
+    'atexit', 'sqlite3', '_sqlite3', 'fileinput', 'glob', 'platform',
+    'linecache', 'difflib', 'compileall', 'py_compile', 'mmap', 'select',
+    'selectors', 'logging', 'syslog', 'tarfile', 'zipfile', 'shelve',
+    'uuid', '_osx_support', '_aix_support',
+})
+
+#: What zamqp allows from those modules by default, and why it is safe:
+#: value types whose construction and ``__setstate__`` do no I/O and run
+#: no code (bytes and bytearray through stand-ins that refuse a size).
+SCANNER_EXCEPTIONS = {
+    ('builtins', n) for n in ('bool', 'int', 'float', 'complex', 'str',
+                              'bytes', 'bytearray', 'list', 'tuple', 'dict',
+                              'set', 'frozenset', 'slice')
+} | {('uuid', 'UUID')}
+
+
+def _public_and_private_names(module):
+    """Every attribute name of ``module`` if it imports here (quietly), or
+    a few names it is known for."""
+    import importlib
+    import warnings
+    if module in sys.modules:
+        found = sys.modules[module]
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                found = importlib.import_module(module)
+        except Exception:
+            found = None
+    names = set(dir(found)) if found is not None else set()
+    return names | {'system', 'Popen', 'loads', 'load', 'run', 'open',
+                    'main', '__import__', '__builtins__', '__dict__'}
+
+
+@pytest.mark.parametrize('module', SCANNER_MODULES)
+def test_scanner_modules_are_refused_by_default(module):
+    rules = AllowRules()
+    allowed = {(module, name) for name in _public_and_private_names(module)
+               if rules.allows(module, name)}
+    assert allowed <= SCANNER_EXCEPTIONS, sorted(allowed)
+    # and a pattern an application might write cannot reach them either
+    app = AllowRules.from_spec(['myapp.*', 'zamqp.tests.eventtypes.*'])
+    assert not any(app.allows(module, name)
+                   for name in _public_and_private_names(module)
+                   if (module, name) not in SCANNER_EXCEPTIONS)
+
+
+def test_uuid_helpers_that_run_commands_are_refused(marker):
+    """fickling flags all of ``uuid``; zamqp allows only the UUID class:
+    the module's command-running helpers stay refused."""
+    for name in ('_get_command_stdout', '_popen', '_ifconfig_getnode',
+                 '_find_mac_near_keyword', 'getnode'):
+        for encode in ENCODINGS.values():
+            with pytest.raises(MessageRefused):
+                decode(encode('uuid', name, f'touch {marker}'))
