@@ -430,7 +430,8 @@ class AMQPConsumer:
         except MessageRefused as exc:
             kind, fate = self._give_up()
             logger.error('consumer %s: refused message %s (%s): %s',
-                         self.queue_name, _message_id(message), fate, exc)
+                         self.queue_name, _message_id(message), fate,
+                         loggable(exc))
             self._results.append((kind, message, exc))
             return
         try:
@@ -490,8 +491,22 @@ def _buffered(conn):
 
 
 def _message_id(message):
-    return message.properties.get('message_id') or \
-        f"(delivery tag {message.delivery_info.get('delivery_tag')})"
+    message_id = message.properties.get('message_id')
+    if message_id:
+        return loggable(message_id, 100)
+    return f"(delivery tag {message.delivery_info.get('delivery_tag')})"
+
+
+def loggable(value, limit=1000):
+    """``str(value)`` made safe for a log line: control characters (a
+    sender's newline could fake log lines) escaped, at most ``limit``
+    characters kept."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + '...'
+    if text.isprintable():
+        return text
+    return text.encode('unicode_escape').decode('ascii')
 
 
 class Worker(threading.Thread):

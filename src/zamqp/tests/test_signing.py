@@ -356,3 +356,23 @@ def test_producer_headers_are_sent_and_signed(make_props, start, work):
     assert wait_for(lambda: got)
     assert got[0]['tenant'] == 'a' and got[0]['x-trace'] == 't1'
     assert got[0][signing.HEADER].startswith(f'v1:{props.signer.key_id}:')
+
+
+def test_senders_cannot_fake_log_lines(make_props, admin, start, work,
+                                        caplog):
+    """Message ids and reasons come from the sender: a newline in them
+    must not start a log line of its own."""
+    props = make_props(secret=SECRET)
+    start(AMQPConsumer(work, props, print, shared=True))
+    fake = 'm1\nCRITICAL zamqp: all is well'
+    body = b'\x80\x04\x8c\x0bos\nsystem\x8c\x06system\x93.'
+    with caplog.at_level(logging.ERROR, 'zamqp'):
+        admin.channel.basic_publish(amqp.Message(
+            body, content_type=PICKLE, message_id=fake * 5),
+            props.exchange, work)
+        assert wait_for(lambda: any('refused message' in r.getMessage()
+                                    for r in caplog.records))
+    line, = [r.getMessage() for r in caplog.records
+             if 'refused message' in r.getMessage()]
+    assert '\n' not in line and '\\n' in line
+    assert len(line) < 1500
