@@ -4,8 +4,11 @@ import socket
 
 import amqp
 from amqp import exceptions as amqp_errors
+from amqp.transport import to_host_port
 from zope.interface import implementer
 
+from zamqp import tls
+from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConnection
 from zamqp.transport import PublisherConnection
@@ -23,6 +26,12 @@ def explain(exc, props, operation, address=None):
     """Return a ConnectionFailed that names the cause and the setting
     (and the broker at ``address``, for props with several)."""
     where = props.url(address)
+    host = to_host_port(address or props.address)[0]
+    diagnosis = tls.diagnose(exc, props, host)
+    if diagnosis is not None:
+        text, recoverable = diagnosis
+        return ConnectionFailed(f"{operation}: {where}: {text}",
+                                recoverable=recoverable)
     if isinstance(exc, amqp_errors.AccessRefused):
         return ConnectionFailed(
             f"{operation}: {where} refused the login ({exc.reply_text}): "
@@ -54,8 +63,20 @@ def explain(exc, props, operation, address=None):
             "running there? check host and port")
     recoverable = isinstance(exc, RECOVERABLE)
     return ConnectionFailed(
-        f"{operation}: {where} failed: {type(exc).__name__}: {exc}",
-        recoverable=recoverable)
+        f"{operation}: {where} failed: {type(exc).__name__}: {exc}"
+        f"{_plain_hint(exc, props, operation)}", recoverable=recoverable)
+
+
+def _plain_hint(exc, props, operation):
+    """A hint for a connection without TLS that the broker dropped at
+    once, as RabbitMQ's TLS listener does (after a TLS alert). It stays
+    recoverable: a broker that is starting or stopping does the same."""
+    dropped = isinstance(exc, ConnectionResetError) or \
+        'unexpectedly closed' in str(exc)
+    if operation != 'connect' or props.ssl or not dropped:
+        return ''
+    return ("; if that port is a TLS listener (RabbitMQ's default 5671), "
+            "use amqps:// or ssl=True")
 
 
 def connect(props, heartbeat, factory=amqp.Connection):
@@ -87,9 +108,20 @@ def connect(props, heartbeat, factory=amqp.Connection):
 
 
 def _connect_to(address, props, heartbeat, factory):
+    """A connection to the broker at ``address``; with TLS through
+    zamqp.tls (py-amqp would ignore an SSLContext and check no host
+    name), checking the name ``tls.server_hostname`` gives."""
+    ssl = False
+    if props.ssl:
+        factory = tls.connection_class(factory)
+        try:
+            ssl = tls.options(props, address)
+        except ConfigurationError as exc:
+            raise ConnectionFailed(f"connect: {exc}",
+                                   recoverable=False) from exc
     conn = factory(
         host=address, userid=props.user, password=props.password,
-        virtual_host=props.virtual_host, ssl=props.ssl,
+        virtual_host=props.virtual_host, ssl=ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
         read_timeout=props.timeout, write_timeout=props.timeout)
     try:
@@ -159,6 +191,9 @@ class AMQPConnection:
         self.connection = connect(self.props, self.heartbeat, self.factory)
         try:
             channel = self.connection.channel()
+            # bodies stay the bytes sent: py-amqp would otherwise decode
+            # them with whatever codec content_encoding names
+            channel.auto_decode = False
             self.declare(channel)
         except Exception as exc:
             self.close()

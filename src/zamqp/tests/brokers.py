@@ -79,9 +79,15 @@ class PrivateBroker:
     the Erlang VM; ``stop()`` the orderly ``rabbitmqctl stop``. The data
     directory is kept between stops, so durable queues and persistent
     messages survive a restart.
+
+    ``tls`` (optional) turns on a TLS listener on a port of its own
+    (``tls_port``): a dict of RabbitMQ ``ssl_options`` (``cacertfile``,
+    ``certfile``, ``keyfile`` as paths, which are copied into the node's
+    directory; ``verify``, ``fail_if_no_peer_cert`` ...), see
+    tests/certs.py ``Certificates.broker_options``.
     """
 
-    def __init__(self, base=None, name=None):
+    def __init__(self, base=None, name=None, tls=None):
         self._own_base = base is None
         self.base = base or tempfile.mkdtemp(prefix='zamqp-brokers-')
         _chown(self.base)
@@ -89,6 +95,8 @@ class PrivateBroker:
         self.node = f'{self.name}@localhost'
         self.port = free_port()
         self.dist_port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
         self.dir = os.path.join(self.base, self.name)
         self._prepare()
 
@@ -106,7 +114,30 @@ class PrivateBroker:
             _chown(os.path.join(self.dir, sub))
         self._write('enabled_plugins', '[].\n')
         self._write('rabbitmq.conf', 'loopback_users = none\n'
-                    'log.console = false\nlog.file.level = warning\n')
+                    'log.console = false\nlog.file.level = warning\n'
+                    + self._tls_config())
+
+    def _tls_config(self):
+        """rabbitmq.conf lines of the TLS listener ('' without one)."""
+        if not self.tls:
+            return ''
+        lines = [f'listeners.ssl.default = {self.tls_port}']
+        for key, value in self.tls.items():
+            if key in ('cacertfile', 'certfile', 'keyfile'):
+                value = self._copy(value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            lines.append(f'ssl_options.{key} = {value}')
+        return '\n'.join(lines) + '\n'
+
+    def _copy(self, path):
+        """Copy ``path`` where the rabbitmq user may read it."""
+        os.makedirs(os.path.join(self.dir, 'tls'), exist_ok=True)
+        _chown(os.path.join(self.dir, 'tls'))
+        target = os.path.join(self.dir, 'tls', os.path.basename(path))
+        shutil.copyfile(path, target)
+        _chown(target)
+        return target
 
     def _write(self, name, text):
         path = os.path.join(self.dir, name)
@@ -144,7 +175,8 @@ class PrivateBroker:
     def wait(self, timeout=START_TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if port_open(self.port):
+            if port_open(self.port) and \
+                    (self.tls_port is None or port_open(self.tls_port)):
                 return self
             time.sleep(0.1)
         self.kill()
