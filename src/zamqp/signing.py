@@ -213,7 +213,8 @@ def _canonical(value):
     if value is None:
         return ['n']
     if isinstance(value, decimal.Decimal):
-        return ['d', str(value)]
+        # AMQP keeps the value, not the notation: 1.50 arrives as 1.5
+        return ['d', str(value.normalize()) if value else '0']
     if isinstance(value, datetime.datetime):
         return ['t', _seconds(value)]
     if isinstance(value, (list, tuple)):

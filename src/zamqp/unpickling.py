@@ -1,8 +1,11 @@
 """Restricted unpickling: a pickle may only name globals that are allowed."""
 import _compat_pickle
+import decimal
 import fnmatch
+import fractions
 import io
 import pickle
+import re
 import types
 
 from zope.interface import implementer
@@ -25,6 +28,43 @@ def _bytearray(*args):
     return bytearray(*args)
 
 
+#: Most decimal digits of a number a pickle may make an int of (Python's
+#: own limit for int(str), which int(Decimal) and Fraction() lack).
+MAX_DIGITS = 4300
+_EXPONENT = re.compile(r'[eE]\s*([+-]?\d+)')
+
+
+def _digits_ok(value):
+    """Whether turning ``value`` into an int or a Fraction stays cheap:
+    a Decimal or a numeric text whose exponent makes at most MAX_DIGITS
+    digits (``int(Decimal('1E+1000000'))`` takes minutes)."""
+    if isinstance(value, decimal.Decimal):
+        return not value.is_finite() or abs(value.adjusted()) <= MAX_DIGITS
+    if isinstance(value, str):
+        found = _EXPONENT.search(value)
+        return found is None or abs(int(found.group(1))) <= MAX_DIGITS
+    return True
+
+
+def _int(*args):
+    """``int`` for unpickling: refuses numbers of huge exponents."""
+    if args and isinstance(args[0], decimal.Decimal) and \
+            not _digits_ok(args[0]):
+        raise UnpicklingRefused(
+            f"int() of a number with more than {MAX_DIGITS} digits is "
+            "refused in pickles")
+    return int(*args)
+
+
+def _fraction(*args):
+    """``Fraction`` for unpickling: refuses numbers of huge exponents."""
+    if not all(_digits_ok(arg) for arg in args):
+        raise UnpicklingRefused(
+            f"Fraction() of a number with more than {MAX_DIGITS} digits is "
+            "refused in pickles")
+    return fractions.Fraction(*args)
+
+
 def _latin1(text, encoding):
     """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 only."""
     if encoding not in ('latin1', 'latin-1'):
@@ -35,7 +75,7 @@ def _latin1(text, encoding):
 #: Value types any consumer may unpickle, with safe stand-ins where the
 #: real callable could be abused (``bytes(10**12)``).
 SAFE_GLOBALS = {
-    'builtins.bool': bool, 'builtins.int': int, 'builtins.float': float,
+    'builtins.bool': bool, 'builtins.int': _int, 'builtins.float': float,
     'builtins.complex': complex, 'builtins.str': str,
     'builtins.bytes': _bytes, 'builtins.bytearray': _bytearray,
     'builtins.list': list, 'builtins.tuple': tuple, 'builtins.dict': dict,
@@ -44,7 +84,8 @@ SAFE_GLOBALS = {
     'datetime.date': None, 'datetime.time': None,
     'datetime.datetime': None, 'datetime.timedelta': None,
     'datetime.timezone': None,
-    'decimal.Decimal': None, 'fractions.Fraction': None, 'uuid.UUID': None,
+    'decimal.Decimal': None, 'fractions.Fraction': _fraction,
+    'uuid.UUID': None,
     'collections.OrderedDict': None, 'collections.deque': None,
     'collections.Counter': None, 'collections.defaultdict': None,
 }

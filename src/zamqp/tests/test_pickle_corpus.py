@@ -21,6 +21,9 @@ import pytest
 
 from zamqp import serializers
 from zamqp.exceptions import MessageRefused
+from zamqp.tests import fuzzmessages
+from zamqp.tests.fuzzmessages import Sneaky
+from zamqp.tests.fuzzmessages import Touching
 from zamqp.exceptions import UnpicklingRefused
 from zamqp.unpickling import AllowRules
 from zamqp.unpickling import loads
@@ -267,30 +270,6 @@ def test_build_on_datetime_is_clean(marker):
 
 # -- classes of this module with side effects ------------------------------
 
-def touch(path):
-    open(path, 'w').close()
-
-
-class Touching:
-    """Creates the file named by its state when unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __setstate__(self, state):
-        touch(state['path'])
-
-
-class Sneaky:
-    """Pickles as a call of this module's ``touch``."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return touch, (self.path,)
-
-
 def test_setstate_side_effect_refused_unless_allowed(marker, tmp_path):
     payload = pickle.dumps(Touching(str(marker)), 2)
     with pytest.raises(UnpicklingRefused, match='Touching'):
@@ -306,7 +285,7 @@ def test_setstate_side_effect_refused_unless_allowed(marker, tmp_path):
 
 def test_reduce_side_effect_refused_even_when_class_allowed(marker):
     payload = pickle.dumps(Sneaky(str(marker)), 2)
-    module = __name__
+    module = fuzzmessages.__name__
     for rules in (NOTHING, AllowRules.from_spec([Sneaky]),
                   AllowRules.from_spec([f'{module}.*'])):
         # The pickle names ``touch``, not Sneaky: allowing the class (or
@@ -378,6 +357,25 @@ OVERSIZED = [
 def test_oversized_length_fails_fast(payload):
     started = time.monotonic()
     with pytest.raises(MessageRefused):
+        decode(payload)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize('payload', [
+    b'cbuiltins\nint\n(cdecimal\nDecimal\n(V1E+100000000\ntRtR.',
+    b'cbuiltins\nint\n(cdecimal\nDecimal\n(V-1E+100000000\ntRtR.',
+    b'cfractions\nFraction\n(cdecimal\nDecimal\n(V1E+100000000\ntRtR.',
+    b'cfractions\nFraction\n(cdecimal\nDecimal\n(V1E-100000000\ntRtR.',
+    b'cfractions\nFraction\n(V1e100000000\ntR.',
+    b'cfractions\nFraction\n(V3/4\nV1e100000000\ntR.',
+], ids=['int-Decimal', 'int-negative', 'Fraction-Decimal',
+        'Fraction-tiny-Decimal', 'Fraction-text', 'Fraction-two'])
+def test_huge_numbers_from_tiny_pickles_fail_fast(payload):
+    """A few bytes naming only safe globals would make int() or Fraction()
+    compute a hundred-million-digit number (minutes of CPU, holding the
+    GIL): refused before computing."""
+    started = time.monotonic()
+    with pytest.raises(UnpicklingRefused, match='4300 digits'):
         decode(payload)
     assert time.monotonic() - started < 1.0
 
@@ -581,10 +579,10 @@ def test_unsafe_names_stay_refused_in_a_fresh_process(tmp_path):
     assert not marker.exists()
 
 
-def test_rule_for_names_this_module():
-    # The allow tests above depend on classes of this module being named
-    # by their importable dotted name.
-    assert rule_for(Touching) == f'{__name__}.Touching'
+def test_rule_for_names_the_fixture_module():
+    # The allow tests above depend on the fixture classes being named by
+    # their importable dotted name.
+    assert rule_for(Touching) == f'{fuzzmessages.__name__}.Touching'
 
 
 # -- through a running consumer --------------------------------------------
