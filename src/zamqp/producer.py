@@ -2,6 +2,7 @@
 import collections
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -174,6 +175,26 @@ class Batch:
         return self.outstanding
 
 
+def _checked(headers):
+    """A copy of ``headers``; ValueError for a value RabbitMQ refuses."""
+    for name, value in headers.items():
+        _check_value(name, value)
+    return dict(headers)
+
+
+def _check_value(name, value):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"header {name!r} is {value}: RabbitMQ closes the connection "
+            "on NaN and infinite floats in headers; send it as a string")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(f'{name}.{key}', item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_value(name, item)
+
+
 @implementer(IProducer)
 class AMQPProducer:
     """Call it with any object to publish it to ``props.exchange``.
@@ -271,7 +292,7 @@ class AMQPProducer:
         """The py-amqp message that carries ``obj`` (signed when the
         props have a secret)."""
         extra = {} if headers is None else \
-            {'application_headers': dict(headers)}
+            {'application_headers': _checked(headers)}
         msg = amqp.Message(
             self.serializer.dumps(obj),
             content_type=self.serializer.content_type,

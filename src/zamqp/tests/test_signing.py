@@ -376,3 +376,13 @@ def test_senders_cannot_fake_log_lines(make_props, admin, start, work,
              if 'refused message' in r.getMessage()]
     assert '\n' not in line and '\\n' in line
     assert len(line) < 1500
+
+
+@pytest.mark.parametrize('headers', [{'f': float('nan')},
+                                     {'m': {'l': [1, float('inf')]}}])
+def test_headers_rabbitmq_would_refuse_are_an_error(make_props, headers):
+    producer = AMQPProducer('q', make_props())
+    with pytest.raises(ValueError, match='NaN and infinite'):
+        producer('x', headers=headers)
+    producer('x', headers={'f': 1.5})     # the connection is fine
+    producer.close()
