@@ -355,10 +355,17 @@ OVERSIZED = [
 @pytest.mark.parametrize('payload', OVERSIZED, ids=['BINBYTES8', 'BINBYTES8-max', 'BINUNICODE8', 'BYTEARRAY8',
         'BINBYTES', 'BINUNICODE', 'FRAME', 'LONG4'])
 def test_oversized_length_fails_fast(payload):
+    """A length header claiming gigabytes in a body of a few bytes: the
+    unpickler may reserve that much address space for a moment, but
+    touches none of it (the resident set does not grow)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
     with pytest.raises(MessageRefused):
         decode(payload)
     assert time.monotonic() - started < 1.0
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert grown < 64 * 1024, f'resident set grew by {grown} KiB'
 
 
 @pytest.mark.parametrize('payload', [
