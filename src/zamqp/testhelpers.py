@@ -74,6 +74,14 @@ class Admin:
     def queue_depth(self, name):
         return self.channel.queue_declare(name, passive=True).message_count
 
+    def take(self, queue):
+        """Take (get and acknowledge) every message waiting in ``queue``."""
+        taken = []
+        while (message := self.channel.basic_get(queue, no_ack=True)) \
+                is not None:
+            taken.append(message)
+        return taken
+
     def delete_exchange(self, name):
         self.channel.exchange_delete(name)
 

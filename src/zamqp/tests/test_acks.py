@@ -46,12 +46,7 @@ def work(admin):
 
 def dead_letters(admin, queue):
     """Take every message waiting in ``queue``."""
-    found = []
-    while True:
-        message = admin.channel.basic_get(queue, no_ack=True)
-        if message is None:
-            return found
-        found.append(message)
+    return admin.take(queue)
 
 
 def zamqp_log(caplog, *words):

@@ -56,12 +56,7 @@ def confirming(direct):
 def bodies(admin, queue):
     """Get and decode every message of ``queue``."""
     import pickle
-    got = []
-    while True:
-        message = admin.channel.basic_get(queue, no_ack=True)
-        if message is None:
-            return got
-        got.append(pickle.loads(message.body))
+    return [pickle.loads(message.body) for message in admin.take(queue)]
 
 
 def test_confirmed_publish_returns_once_the_message_is_queued(

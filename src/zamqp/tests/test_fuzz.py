@@ -950,11 +950,7 @@ class FuzzBroker:
                                              self.queue)
 
     def dead_ids(self):
-        while True:
-            got = self.admin.channel.basic_get(self.dead, no_ack=True)
-            if got is None:
-                break
-            self.dead_letters.append(got)
+        self.dead_letters.extend(self.admin.take(self.dead))
         return [m.properties.get('message_id') for m in self.dead_letters]
 
     def close(self):

@@ -163,12 +163,8 @@ def test_consumer_refuses_and_goes_on(make_props, admin, start, work,
         producer('fine')
         assert wait_for(lambda: got == ['fine'])
         assert wait_for(lambda: admin.queue_depth(dead) == 2)
-    errors = []
-    while True:
-        message = admin.channel.basic_get(dead, no_ack=True)
-        if message is None:
-            break
-        errors.append(message.headers['x-zamqp-error'])
+    errors = [message.headers['x-zamqp-error']
+              for message in admin.take(dead)]
     assert any('max_size=1000' in e for e in errors)
     assert any('max_depth=20' in e for e in errors)
     assert len(loads_calls) == 2        # the large body was never decoded

@@ -258,15 +258,6 @@ def work(admin):
     admin.delete_queue(name)
 
 
-def dead_letters(admin, queue):
-    found = []
-    while True:
-        message = admin.channel.basic_get(queue, no_ack=True)
-        if message is None:
-            return found
-        found.append(message)
-
-
 def test_signed_messages_reach_the_handler_forged_ones_never(
         make_props, admin, start, work, caplog):
     props = make_props(secret=SECRET)
@@ -288,7 +279,7 @@ def test_signed_messages_reach_the_handler_forged_ones_never(
         assert wait_for(lambda: admin.queue_depth(dead) == 3)
     assert got == [{'n': 1}, {'n': 2}]
     errors = sorted(m.headers['x-zamqp-error'] for m in
-                    dead_letters(admin, dead))
+                    admin.take(dead))
     assert 'not signed' in errors[0] or 'not signed' in ' '.join(errors)
     assert sum('does not match' in e for e in errors) == 1
     assert sum('not one of the accepted' in e for e in errors) == 1
@@ -342,7 +333,7 @@ def test_accept_unsigned_decodes_unsigned_with_the_strict_rules(
     assert wait_for(lambda: len(got) == 2)
     assert wait_for(lambda: admin.queue_depth(dead) == 1)
     assert got[0] == 'plain text' and got[1].name == 'signed ping'
-    error = dead_letters(admin, dead)[0].headers['x-zamqp-error']
+    error = admin.take(dead)[0].headers['x-zamqp-error']
     assert 'eventtypes' in error
 
 
