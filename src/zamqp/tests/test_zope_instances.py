@@ -74,8 +74,10 @@ class Instance:
         self.stdout = os.path.join(self.home, 'var', 'log', 'stdout.log')
         self.event_log = os.path.join(self.home, 'var', 'log', 'event.log')
 
-    def create(self, zcml, url):
-        """mkwsgiinstance, then zamqp's ZCML, the broker URL and a port."""
+    def create(self, zcml, url, settings=()):
+        """mkwsgiinstance, then zamqp's ZCML, the broker URL (and the
+        further ``<product-config zamqp>`` lines ``settings``) and a
+        port."""
         subprocess.run(
             command('mkwsgiinstance', 'Zope2.utilities.mkwsgiinstance')
             + ['-d', self.home, '-u', 'admin:admin'],
@@ -85,7 +87,8 @@ class Instance:
         os.makedirs(includes, exist_ok=True)
         write(os.path.join(includes, 'zamqp-configure.zcml'), zcml)
         with open(self.etc('zope.conf'), 'a') as conf:
-            conf.write(f'\n<product-config zamqp>\n  url {url}\n'
+            lines = ''.join(f'  {line}\n' for line in settings)
+            conf.write(f'\n<product-config zamqp>\n  url {url}\n{lines}'
                        '</product-config>\n')
         self.port = free_port()
         self.rewrite_ini()
@@ -252,13 +255,15 @@ class InstancesLayer(Layer):
         self.admin.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def make(self, name, exchange=None, url=None, **zcml):
-        """A configured instance (not started yet) on ``exchange``."""
+    def make(self, name, exchange=None, url=None, settings=(), **zcml):
+        """A configured instance (not started yet) on ``exchange``, with
+        the zope.conf ``settings`` of zamqp."""
         if exchange is None:
             exchange = self.exchange()
         instance = Instance(self.root, name)
         self.instances.append(instance)
-        instance.create(amqp_zcml(exchange, **zcml), url or broker_url())
+        instance.create(amqp_zcml(exchange, **zcml), url or broker_url(),
+                        settings)
         instance.exchange = exchange
         self[name] = instance
 
@@ -287,6 +292,20 @@ class TwoInstances(InstancesLayer):
         exchange = self.exchange()
         self.make('alpha', exchange, sigterm=True)
         self.make('beta', exchange)
+
+
+#: The secret of the SIGNED layer's instances (in their zope.conf).
+SECRET = 'instances-shared-secret-0123456789'
+
+
+class SignedInstances(InstancesLayer):
+    """delta and epsilon share an exchange and a secret: they sign what
+    they send and refuse what is not signed with it."""
+
+    def make_instances(self):
+        exchange = self.exchange()
+        for name in ('delta', 'epsilon'):
+            self.make(name, exchange, settings=[f'secret {SECRET}'])
 
 
 class OneInstance(InstancesLayer):
@@ -320,6 +339,7 @@ class BrokerDown(InstancesLayer):
 
 TWO_INSTANCES = TwoInstances(name='zamqp.tests:TwoInstances')
 ONE_INSTANCE = OneInstance(name='zamqp.tests:OneInstance')
+SIGNED = SignedInstances(name='zamqp.tests:SignedInstances')
 BROKER_DOWN = BrokerDown(name='zamqp.tests:BrokerDown')
 
 
@@ -410,6 +430,57 @@ class TwoInstancesTests(InstancesTestCase):
         # zamqp stopped the consumers, then chained to the add-on's handler
         self.assertIn("the add-on's own SIGTERM handler runs; consumers "
                       "running: none", self.alpha.log())
+
+
+class SignedInstancesTests(InstancesTestCase):
+
+    layer = SIGNED
+
+    def setUp(self):
+        self.delta = self.layer['delta']
+        self.epsilon = self.layer['epsilon']
+        self.instances = (self.delta, self.epsilon)
+
+    @show_logs_on_failure
+    def test_1_signed_event_reaches_the_other_instance(self):
+        text = unique('signed')
+        self.delta.get('@@zamqp-notify', text=text)
+        self.assertTrue(wait_for(
+            lambda: text in self.epsilon.texts('@@zamqp-stored'),
+            timeout=10))
+        self.assertTrue(wait_for(lambda: text in self.epsilon.texts(
+            '@@zamqp-seen', origin='delta', received=True), timeout=10))
+
+    @show_logs_on_failure
+    def test_2_forged_and_unsigned_never_reach_a_handler(self):
+        props = broker_props(exchange=self.delta.exchange)
+        texts = {}
+        for kind, secret in (('forged', 'someone-elses-secret-0123456789'),
+                             ('unsigned', None), ('valid', SECRET)):
+            texts[kind] = unique(kind)
+            with AMQPProducer('test', props.replace(secret=secret)) as p:
+                p(Noted(texts[kind], origin='test'))
+        # consumers handle messages in order: once the valid one is
+        # stored and notified, the two before it were refused
+        for instance in self.instances:
+            self.assertTrue(wait_for(
+                lambda: texts['valid'] in instance.texts('@@zamqp-stored')
+                and texts['valid'] in instance.texts(
+                    '@@zamqp-seen', received=True), timeout=10),
+                instance.name)
+            for kind in ('forged', 'unsigned'):
+                self.assertNotIn(texts[kind],
+                                 instance.texts('@@zamqp-stored'))
+                self.assertNotIn(texts[kind], instance.texts(
+                    '@@zamqp-seen', received=True))
+            log = instance.log()
+            self.assertEqual(len(re.findall(
+                r'refused message .*not one of the accepted secrets',
+                log)), 2, instance.name)
+            self.assertEqual(len(re.findall(
+                r'refused message .*the message is not signed', log)), 2)
+            self.assertNotIn(SECRET, log)
+            self.assertNotIn('someone-elses', log)
 
 
 class SIGINTTests(InstancesTestCase):
