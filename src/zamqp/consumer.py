@@ -76,9 +76,10 @@ class AMQPConsumer:
     only for messages with a verified signature, see props.secret);
     ``max_size`` and ``max_depth`` replace the props' limits (None: no
     limit). Messages refused by a limit, a signature check, the content
-    type or the decoder are handled like undecodable ones. With ``pass_message=True`` the callback is called as
-    ``callback(body, message)``, ``message`` being the py-amqp message
-    (headers, properties, delivery info).
+    type or the decoder are handled like undecodable ones. With
+    ``pass_message=True`` the callback is called as ``callback(body,
+    message)``, ``message`` being the py-amqp message (headers,
+    properties, delivery info).
 
     Refused messages and callback errors are logged, never raised: the
     consumer goes on. A lost connection is re-established with backoff;

@@ -131,9 +131,9 @@ class Signer:
                 "clocks out of step")
 
     def __repr__(self):
-        others = [k for k in self._keys if k != self.key_id]
-        return (f"<Signer signing key id {self.key_id}"
-                f"{', also accepting ' + ', '.join(others) if others else ''}>")
+        others = ', '.join(k for k in self._keys if k != self.key_id)
+        also = f', also accepting {others}' if others else ''
+        return f'<Signer signing key id {self.key_id}{also}>'
 
 
 def _parse(value):

@@ -308,7 +308,7 @@ def test_unknown_content_type(content_type, props, start, admin, caplog):
 
 
 def test_pickle_calling_os_system_is_refused(props, start, caplog, tmp_path,
-                                            quiet):
+                                             quiet):
     marker = tmp_path / 'MARKER'
     got = []
     consumer = AMQPConsumer('q', props, got.append)

@@ -13,8 +13,8 @@ from zamqp.testhelpers import broker_url
 def test_demo_listeners_receive_broadcast_and_event():
     env = dict(os.environ, ZAMQP_URL=broker_url())
     result = subprocess.run(
-        [sys.executable, '-m', 'zamqp.demo'], env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=60)
+        [sys.executable, '-m', 'zamqp.demo'], env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     for name in ('alice', 'bob'):

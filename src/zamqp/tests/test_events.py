@@ -142,7 +142,7 @@ def test_event_that_failed_to_publish_can_be_sent_again(props, received):
     from zamqp import ConnectionFailed
     from zamqp.testhelpers import free_port
     event = AMQPEvent('ev', AMQPProps(host='127.0.0.1', port=free_port()),
-                       Ping('retry'))
+                      Ping('retry'))
     with pytest.raises(ConnectionFailed):
         zope.event.notify(event)
     event.props = props

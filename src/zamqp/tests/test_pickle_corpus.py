@@ -352,8 +352,9 @@ OVERSIZED = [
 ]
 
 
-@pytest.mark.parametrize('payload', OVERSIZED, ids=['BINBYTES8', 'BINBYTES8-max', 'BINUNICODE8', 'BYTEARRAY8',
-        'BINBYTES', 'BINUNICODE', 'FRAME', 'LONG4'])
+@pytest.mark.parametrize('payload', OVERSIZED, ids=[
+    'BINBYTES8', 'BINBYTES8-max', 'BINUNICODE8', 'BYTEARRAY8', 'BINBYTES',
+    'BINUNICODE', 'FRAME', 'LONG4'])
 def test_oversized_length_fails_fast(payload):
     """A length header claiming gigabytes in a body of a few bytes: the
     unpickler may reserve that much address space for a moment, but

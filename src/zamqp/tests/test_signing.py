@@ -350,7 +350,7 @@ def test_producer_headers_are_sent_and_signed(make_props, start, work):
 
 
 def test_senders_cannot_fake_log_lines(make_props, admin, start, work,
-                                        caplog):
+                                       caplog):
     """Message ids and reasons come from the sender: a newline in them
     must not start a log line of its own."""
     props = make_props(secret=SECRET)
