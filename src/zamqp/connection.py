@@ -50,8 +50,7 @@ def explain(exc, props, operation, address=None):
             recoverable=False)
     if isinstance(exc, socket.gaierror):
         return ConnectionFailed(
-            f"{operation}: cannot resolve host "
-            f"{(address or props.address).rpartition(':')[0]!r} ({exc}): "
+            f"{operation}: cannot resolve host {host!r} ({exc}): "
             "check host")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return ConnectionFailed(

@@ -117,11 +117,6 @@ def _flat(children):
 def _children(item):
     """What ``item`` holds (a sequence that can be iterated again), or
     None for a leaf."""
-    kind = type(item)
-    if kind is dict:
-        return (*item, *item.values())
-    if kind in (list, tuple, set, frozenset):
-        return item
     if isinstance(item, dict):
         return (*item, *item.values())
     if isinstance(item, (list, tuple, set, frozenset)):
@@ -131,7 +126,7 @@ def _children(item):
     state = getattr(item, '__dict__', None)
     if isinstance(state, dict):
         return (*state, *state.values())
-    if kind.__module__ == 'collections':     # deque
+    if type(item).__module__ == 'collections':     # deque
         try:
             return tuple(item)
         except TypeError:

@@ -241,10 +241,10 @@ class AMQPProps:
         return f'{scheme}://{quote(self.user)}@{where}/{vhost}'
 
     def _key(self):
-        return (self.hosts, *(getattr(self, name) if name != 'ssl'
-                              else repr(self.ssl)
-                              for name in (*DEFAULTS, *MESSAGE_SETTINGS)
-                              if name not in ('host', 'port')))
+        names = (*DEFAULTS, *MESSAGE_SETTINGS)
+        values = [getattr(self, name) for name in names
+                  if name not in ('host', 'port', 'ssl')]
+        return (self.hosts, repr(self.ssl), *values)
 
     def __eq__(self, other):
         if not isinstance(other, AMQPProps):

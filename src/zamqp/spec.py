@@ -70,18 +70,22 @@ class ConsumerSpec:
         return Delivery(self.name, self.handler, self.events, in_context)
 
     def allow_rules(self):
-        rules = self.allow
-        for other in zope.component.getAllUtilitiesRegisteredFor(
-                IAllowRules):
-            rules = rules | other
-        return rules
+        return _merged(self.allow, _registered(IAllowRules))
 
     def signed_allow_rules(self):
-        rules = self.signed_allow
-        for other in zope.component.getAllUtilitiesRegisteredFor(
-                ISignedAllowRules):
-            rules = rules | other.rules
-        return rules
+        return _merged(self.signed_allow, (
+            utility.rules for utility in _registered(ISignedAllowRules)))
 
     def __repr__(self):
         return f'<ConsumerSpec {self.name!r} queue={self.queue!r}>'
+
+
+def _registered(interface):
+    return zope.component.getAllUtilitiesRegisteredFor(interface)
+
+
+def _merged(rules, others):
+    """``rules`` widened by each of ``others``."""
+    for other in others:
+        rules = rules | other
+    return rules
