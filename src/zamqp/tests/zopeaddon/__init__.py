@@ -19,12 +19,20 @@ TEMPLATE = """\
   <zamqp:consumer name="addon.store" exchange={exchange}
       handler="zamqp.tests.zopeaddon.handlers.store" {where}
       allow="zamqp.tests.zopeaddon.*" />
-
+{slow}
 </configure>
 """
 
+#: The shared consumer of ``amqp_zcml(slow=...)``.
+SLOW = """
+  <zamqp:consumer name="addon.slow" exchange={exchange} queue={queue}
+      shared="true" dead_letter_exchange="none" prefetch="1"
+      handler="zamqp.tests.zopeaddon.handlers.slow_store" />
+"""
 
-def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False):
+
+def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False,
+              slow=None):
     """The ZCML that loads zamqp and this add-on for one test run.
 
     It declares the connection ``default`` (at ``url``; without it, at
@@ -33,7 +41,10 @@ def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False):
     of ``exchange``: ``addon.events`` notifies what it receives,
     ``addon.store`` stores it with ``handlers.store`` in ``site`` as
     ``user``. With ``sigterm=True`` the add-on installs a SIGTERM
-    handler of its own before zamqp starts (``sigterm.zcml``).
+    handler of its own before zamqp starts (``sigterm.zcml``). With
+    ``slow=(exchange, queue)`` a third consumer, ``addon.slow``, shares
+    ``queue`` (bound to that exchange) with the other instances and
+    handles its messages with ``handlers.slow_store``.
     """
     where = f'site={quoteattr(site)}'
     if user:
@@ -43,4 +54,6 @@ def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False):
     return TEMPLATE.format(
         first=first,
         connection=f'url={quoteattr(url)}' if url else '',
-        exchange=quoteattr(exchange), where=where)
+        exchange=quoteattr(exchange), where=where,
+        slow=SLOW.format(exchange=quoteattr(slow[0]),
+                         queue=quoteattr(slow[1])) if slow else '')

@@ -2,6 +2,7 @@
 import logging
 import signal
 import threading
+import time
 
 from AccessControl.SecurityManagement import getSecurityManager
 from Acquisition import aq_base
@@ -38,9 +39,37 @@ def store(event):
         component_site=_path(getSite())))
 
 
-def stored(site):
-    """What ``store`` appended to ``site`` (committed or not), as a list."""
-    return list(getattr(aq_base(site), 'zamqp_stored', None) or ())
+def stored(site, attribute='zamqp_stored'):
+    """What ``store`` (or ``slow_store``: ``attribute='zamqp_slow'``)
+    appended to ``site`` (committed or not), as a list."""
+    return list(getattr(aq_base(site), attribute, None) or ())
+
+
+def slow_store(event):
+    """Consumer handler of ``addon.slow``: append ``body['text']`` to the
+    ``zamqp_slow`` list of ``event.site``, and take ``body['seconds']``
+    seconds (none for a redelivered message) before returning: after
+    the write, so it waits uncommitted meanwhile, or before it with
+    ``body['write_first']`` false (the connection has joined no
+    transaction yet then)."""
+    body = event.body
+    redelivered = bool(event.message.delivery_info.get('redelivered'))
+    logger = logging.getLogger('zamqp.tests.zopeaddon')
+    logger.info('slow handler began %s (redelivered: %s)', body['text'],
+                redelivered)
+    if body.get('write_first', True):
+        _append_slow(event.site, body['text'], redelivered)
+    if not redelivered:
+        time.sleep(body['seconds'])
+    if not body.get('write_first', True):
+        _append_slow(event.site, body['text'], redelivered)
+    logger.info('slow handler returns %s', body['text'])
+
+
+def _append_slow(site, text, redelivered):
+    if getattr(aq_base(site), 'zamqp_slow', None) is None:
+        site.zamqp_slow = PersistentList()
+    site.zamqp_slow.append(dict(text=text, redelivered=redelivered))
 
 
 def _path(obj):

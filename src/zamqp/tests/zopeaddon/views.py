@@ -42,6 +42,13 @@ class Stored(JSONView):
         return handlers.stored(self.context)
 
 
+class Slow(JSONView):
+    """``@@zamqp-slow``: what the ``slow_store`` handler committed here."""
+
+    def data(self):
+        return handlers.stored(self.context, 'zamqp_slow')
+
+
 class Consumers(JSONView):
     """``@@zamqp-consumers``: the running consumer threads and queues."""
 
