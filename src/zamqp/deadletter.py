@@ -1,8 +1,6 @@
 """Retries and dead letters: copies of a failed message, with headers."""
 import amqp
 
-from zamqp.connection import AMQPConnection
-
 #: Header counting the handler failures of a message (zamqp republishes).
 RETRIES = 'x-zamqp-retries'
 #: Headers of a dead letter: the error, the queue and the routing key.
@@ -10,8 +8,13 @@ ERROR = 'x-zamqp-error'
 QUEUE = 'x-zamqp-queue'
 ROUTING_KEY = 'x-zamqp-routing-key'
 EXCHANGE = 'x-zamqp-exchange'
+#: Set on a copy whose original headers did not fit in a frame.
+HEADERS_DROPPED = 'x-zamqp-headers-dropped'
 #: Characters of an error message kept in the ERROR header.
 MAX_ERROR = 500
+#: Bytes of a content header frame besides its properties: frame header
+#: and end (8), class, weight and body size (12).
+HEADER_OVERHEAD = 20
 
 
 def retries(message):
@@ -19,66 +22,54 @@ def retries(message):
     headers = message.headers or {}
     try:
         return max(int(headers.get(RETRIES, 0)), 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
 def error_text(exc):
     """``Type: message``, truncated to MAX_ERROR characters."""
-    text = f'{type(exc).__name__}: {exc}'
+    text = exc if isinstance(exc, str) else f'{type(exc).__name__}: {exc}'
     return text if len(text) <= MAX_ERROR else text[:MAX_ERROR - 3] + '...'
 
 
-def copy(message, **headers):
+def copy(message, frame_max=None, **headers):
     """A new message with ``message``'s body and properties, and
-    ``headers`` added to its application headers."""
-    properties = dict(message.properties)
-    properties['application_headers'] = dict(message.headers or {},
-                                             **headers)
-    return amqp.Message(message.body, **properties)
+    ``headers`` added to its application headers.
+
+    With ``frame_max`` the copy's content header fits in one frame of
+    that size: if the original headers and the new ones do not, the
+    original application headers are left out (``HEADERS_DROPPED`` says
+    so). A message whose properties could not be decoded (it has a
+    ``zamqp_fault``) is copied with the new headers only.
+    """
+    original = {} if getattr(message, 'zamqp_fault', None) else \
+        dict(message.properties)
+    properties = dict(original)
+    properties['application_headers'] = dict(
+        original.get('application_headers') or {}, **headers)
+    result = amqp.Message(message.body, **properties)
+    if frame_max and not fits(result, frame_max):
+        properties['application_headers'] = dict(headers,
+                                                 **{HEADERS_DROPPED: True})
+        result = amqp.Message(message.body, **properties)
+    return result
 
 
-def retry_copy(message):
+def fits(message, frame_max):
+    """Whether the content header of ``message`` fits in a frame."""
+    return len(message._serialize_properties()) + HEADER_OVERHEAD \
+        <= frame_max
+
+
+def retry_copy(message, frame_max=None):
     """The copy to put back in the queue: its retry count raised."""
-    return copy(message, **{RETRIES: retries(message) + 1})
+    return copy(message, frame_max, **{RETRIES: retries(message) + 1})
 
 
-def dead_letter(message, exc, queue):
+def dead_letter(message, exc, queue, frame_max=None):
     """The copy for the dead-letter exchange: what failed, and where."""
     info = message.delivery_info or {}
-    return copy(message, **{
+    return copy(message, frame_max, **{
         ERROR: error_text(exc), QUEUE: queue,
         ROUTING_KEY: info.get('routing_key') or '',
         EXCHANGE: info.get('exchange') or ''})
-
-
-class ConsumerConnection(AMQPConnection):
-    """A read-mode AMQPConnection that also declares the queue's
-    ``arguments`` (quorum queues) and a dead-letter exchange.
-
-    The dead-letter exchange is a durable fanout exchange; a durable queue
-    of the same name is bound to it, so dead letters wait there until
-    someone looks at them.
-    """
-
-    def __init__(self, queue, props, arguments=None,
-                 dead_letter_exchange=None, **kw):
-        super().__init__(queue, props, mode='r', **kw)
-        self.arguments = arguments
-        self.dead_letter_exchange = dead_letter_exchange
-
-    def declare(self, channel):
-        dlx = self.dead_letter_exchange
-        if dlx:
-            channel.exchange_declare(dlx, 'fanout', durable=True,
-                                     auto_delete=False)
-            channel.queue_declare(dlx, durable=True, auto_delete=False)
-            channel.queue_bind(dlx, dlx, '')
-        if not self.arguments:
-            return super().declare(channel)
-        props = self.props
-        channel.exchange_declare(props.exchange, props.type, durable=True,
-                                 auto_delete=False)
-        channel.queue_declare(self.queue, arguments=self.arguments,
-                              **self.queue_flags)
-        channel.queue_bind(self.queue, props.exchange, self.routing_key)

@@ -32,7 +32,7 @@ class ConsumerSpec:
 
     def __init__(self, name, props, queue, exchange='zamqp.broadcast.fanout',
                  type='fanout', routing_key=None, handler=None, events=False,
-                 shared=False, durable=False, ack=None, prefetch=None,
+                 shared=False, durable=None, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), signed_allow=(), site='', user=None,
                  **limits):

@@ -139,7 +139,9 @@ class IConsumerDirective(IExchangeFields):
                   default=False,
                   description='Notify each received body as a zope event.')
     shared = Bool(title='Shared work queue', required=False, default=False)
-    durable = Bool(title='Durable queue', required=False, default=False)
+    durable = Bool(title='Durable queue', required=False,
+                   description='Default: true for shared queues (which '
+                   'cannot be transient), false for broadcast queues.')
     ack = Bool(title='Acknowledge after handling', required=False)
     prefetch = Int(title='Prefetch', required=False, min=0,
                    description='Default: 100 with ack, 1000 without.')
@@ -239,7 +241,7 @@ def register_producer(name, connection, options):
 def consumer(_context, name, connection='default', queue=None,
              exchange='zamqp.broadcast.fanout', type='fanout',
              routing_key=None, handler=None, events=False, shared=False,
-             durable=False, ack=None, prefetch=None, max_retries=3,
+             durable=None, ack=None, prefetch=None, max_retries=3,
              dead_letter_exchange=None, queue_type=None, accept=None,
              allow=None, signed_allow=None, max_size=None, max_depth=None,
              site='', user=None):

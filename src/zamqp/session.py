@@ -1,0 +1,211 @@
+"""Session: the loop of one consuming connection, from consume to close."""
+import logging
+import select
+import socket
+import time
+
+from zamqp.settlement import Settlement
+
+try:
+    from zamqp import frames
+except ImportError:     # pragma: no cover (until zamqp.frames lands)
+    frames = None
+
+logger = logging.getLogger('zamqp')
+
+#: Messages handed to the worker at once, at most.
+HAND_OVER = 64
+
+
+class WorkerDied(RuntimeError):
+    """The worker thread ended although it was not told to."""
+
+
+class Session:
+    """Consumes on one open ConsumerConnection until stop or an error.
+
+    The consumer thread runs it: it reads frames (waiting in poll() on
+    the socket and the worker's wake-up pipe), hands delivered messages
+    to the worker in batches, carries out the worker's verdicts through
+    a Settlement, and sends heartbeats. Errors are raised to the
+    consumer, which drops the connection and makes a new one; what was
+    delivered and not settled goes back to the queue with the channel.
+    """
+
+    poll_interval = 0.2     # seconds between checks of the stop flag
+    busy_interval = 0.01    # the same while results of handlers may come
+
+    def __init__(self, consumer, connection):
+        self.consumer = consumer
+        self.connection = connection            # queues.ConsumerConnection
+        self.conn = connection.connection       # the py-amqp connection
+        self.channel = connection.channel
+        self.worker = consumer.worker
+        self.settlement = Settlement(
+            self.channel, consumer.queue, consumer.queue_name,
+            consumer.ack, consumer.stats,
+            consumer.dead_letter_exchange, self.conn.frame_max,
+            consumer.ack_batch)
+        self.frames = None
+        self.consumer_tag = None
+        self.batch = []         # delivered, not handed to the worker yet
+        self.tick = self.next_tick = None
+        self.poller = None
+
+    def start(self):
+        """Set the prefetch, install the frame handler, start consuming."""
+        consumer, channel = self.consumer, self.channel
+        if consumer.prefetch:
+            channel.basic_qos(0, consumer.prefetch, False)
+        if frames is not None:
+            self.frames = frames.install(self.conn, consumer.decoder.max_size)
+        self.consumer_tag = channel.basic_consume(
+            consumer.queue_name, callback=self.take, no_ack=False)
+        heartbeat = self.conn.heartbeat
+        self.tick = max(min(heartbeat / 4.0, 1.0), 0.05) if heartbeat \
+            else None
+        self.next_tick = time.monotonic()
+        self.poller = self._make_poller()
+
+    def current(self):
+        """The delivery the frame handler works on, or None."""
+        return getattr(self.frames, 'current', None)
+
+    def run(self, stopping):
+        """Consume until ``stopping`` is set, then finish cleanly."""
+        while not stopping.is_set():
+            self.step()
+        self.finish()
+
+    def take(self, message):
+        """Keep a delivered message for the worker (consumer thread)."""
+        self.batch.append(message)
+        self.consumer.delivered += 1
+
+    def hand_over(self):
+        """Give the worker the messages delivered since the last time."""
+        self.worker.inbox.put(self.batch)
+        self.batch = []
+        self.consumer.note_backlog()
+
+    def _make_poller(self):
+        """A poll object for the socket and the worker's wake-up pipe, or
+        None where a poll cannot see all the data (TLS buffers)."""
+        if not getattr(self.conn.transport, 'reads_ahead', False):
+            return None
+        poller = select.poll()
+        poller.register(self.conn.sock, select.POLLIN)
+        poller.register(self.worker.wake_r, select.POLLIN)
+        return poller
+
+    def readable(self, timeout):
+        """Wait until the socket has data (True) or the worker has
+        results or ``timeout`` passed (False)."""
+        if self.poller is None or buffered(self.conn):
+            return True
+        worker = self.worker
+        worker.sleeping = True
+        try:
+            if worker.results:
+                return False
+            events = self.poller.poll(timeout * 1000)
+        finally:
+            worker.sleeping = False
+        readable = False
+        for fd, _ in events:
+            if fd == worker.wake_r:
+                worker.drain_wakeups()
+            else:
+                readable = True
+        return readable
+
+    def busy(self):
+        consumer = self.consumer
+        return bool(self.settlement.pending or self.worker.results
+                    or consumer.busy or consumer.delivered != consumer.started)
+
+    def step(self):
+        """Read a frame, pass on the worker's results, send heartbeats."""
+        if not self.worker.is_alive():
+            raise WorkerDied('the worker thread ended')
+        conn = self.conn
+        timeout = self.busy_interval if self.busy() else self.poll_interval
+        idle = True
+        if self.readable(timeout):
+            try:
+                conn.drain_events(timeout=timeout)
+                idle = False
+            except socket.timeout:
+                pass
+        # one hand-over per read from the socket, not one per message
+        if self.batch and (idle or len(self.batch) >= HAND_OVER
+                           or not buffered(conn)):
+            self.hand_over()
+        if self.worker.results:
+            self.settle()
+        if self.settlement.due(idle):
+            self.settlement.flush()
+        if self.tick and time.monotonic() >= self.next_tick:
+            conn.heartbeat_tick()
+            self.next_tick = time.monotonic() + self.tick
+
+    def settle(self):
+        """Carry out what the worker decided, in order."""
+        results, channel = self.worker.results, self.channel
+        settle = self.settlement.settle
+        while results:
+            verdict, message, error = results.popleft()
+            if message.channel is not channel:
+                logger.debug(
+                    'consumer %s: the channel of message %s is gone, so is '
+                    'its %s (the broker keeps or drops the message)',
+                    self.consumer.queue_name, message_id(message),
+                    verdict.value)
+                continue
+            settle(verdict, message, error)
+
+    def finish(self):
+        """Cancel, let a running handler finish until the deadline,
+        acknowledge what was handled; messages not handled go back to
+        the queue when the channel closes."""
+        consumer = self.consumer
+        self.channel.basic_cancel(self.consumer_tag)
+        consumer.hold()     # from here the worker takes no message
+        while consumer.busy and not consumer.past_deadline():
+            self.step()
+        if consumer.busy and self.worker.abandon() is not None:
+            logger.warning('consumer %s: a handler still runs after stop; '
+                           'its message goes back to the queue',
+                           consumer.queue_name)
+        self.settle()
+        self.settlement.flush()
+
+
+def buffered(conn):
+    """Whether py-amqp holds bytes read from the socket but not parsed
+    (zamqp.transport reads ahead); True if that cannot be told."""
+    return len(getattr(conn.transport, '_read_buffer', b'x')) > 0
+
+
+def message_id(message):
+    """The message id for a log line, else its delivery tag."""
+    message_id = (message.properties or {}).get('message_id')
+    if message_id:
+        return loggable(message_id, 100)
+    info = message.delivery_info or {}
+    return f"(delivery tag {info.get('delivery_tag')})"
+
+
+def loggable(value, limit=1000):
+    """``str(value)`` made safe for a log line: control characters (a
+    sender's newline could fake log lines) escaped, at most ``limit``
+    characters kept."""
+    try:
+        text = str(value)
+    except Exception as exc:    # a hostile __str__ (never from pickles)
+        text = f'<unprintable {type(value).__name__}: {type(exc).__name__}>'
+    if len(text) > limit:
+        text = text[:limit] + '...'
+    if text.isprintable():
+        return text
+    return text.encode('unicode_escape').decode('ascii')

@@ -1,0 +1,76 @@
+"""Settlement: carry out the verdicts on messages of one channel, in order."""
+import logging
+
+from zamqp import deadletter
+from zamqp.policy import Verdict
+
+logger = logging.getLogger('zamqp')
+
+
+class Settlement:
+    """Acknowledgements and copies for the messages of ``channel``.
+
+    ``settle(verdict, message, error)`` is called in delivery order.
+    Acknowledgements are batched: ACKs accumulate and go out as one
+    ``basic_ack(multiple=True)`` on ``flush()`` (the session flushes
+    when idle or every ``batch`` messages); any other verdict flushes
+    them first, so the broker sees every decision in order. RETRY
+    publishes a copy to ``queue_name`` (through the default exchange),
+    DEAD one to ``dead_letter_exchange`` (with ``x-zamqp-error``), each
+    fitted into ``frame_max``, then acknowledges the original; DROP
+    rejects it without requeueing. Without ``ack`` messages were
+    acknowledged when taken: only the copies are published. A copy is
+    published before its original is acknowledged, on the same channel,
+    so a lost connection can duplicate it but not lose it. Counts go to
+    ``status`` (zamqp.status.ConsumerStatus).
+    """
+
+    def __init__(self, channel, queue, queue_name, ack, status,
+                 dead_letter_exchange=None, frame_max=None, batch=25):
+        self.channel = channel
+        self.queue = queue
+        self.queue_name = queue_name
+        self.ack = ack
+        self.status = status
+        self.dead_letter_exchange = dead_letter_exchange
+        self.frame_max = frame_max
+        self.batch = batch
+        self.pending = 0        # ACKs not sent yet ...
+        self._tag = None        # ... all up to this delivery tag
+
+    def settle(self, verdict, message, error=None):
+        if verdict is Verdict.ACK:
+            self.pending += 1
+            self._tag = message.delivery_tag
+            return
+        self.flush()
+        channel = self.channel
+        if verdict is Verdict.RETRY:
+            channel.basic_publish(
+                deadletter.retry_copy(message, self.frame_max), '',
+                self.queue_name)
+            self.status.count('retried')
+        elif verdict is Verdict.DEAD:
+            channel.basic_publish(
+                deadletter.dead_letter(message, error, self.queue,
+                                       self.frame_max),
+                self.dead_letter_exchange, self.queue)
+            self.status.count('dead_lettered')
+        else:
+            self.status.count('dropped')
+        if not self.ack:
+            return
+        if verdict is Verdict.DROP:
+            channel.basic_reject(message.delivery_tag, False)
+        else:
+            channel.basic_ack(message.delivery_tag)
+
+    def due(self, idle):
+        """Whether the batched ACKs should go out now."""
+        return self.pending and (idle or self.pending >= self.batch)
+
+    def flush(self):
+        """Acknowledge every ACKed message so far, at once."""
+        if self.pending:
+            self.channel.basic_ack(self._tag, multiple=True)
+            self.pending, self._tag = 0, None

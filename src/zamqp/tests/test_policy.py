@@ -1,0 +1,220 @@
+"""Retry/dead-letter verdicts, settlement and backoff, without a broker."""
+import amqp
+import pytest
+
+from zamqp import deadletter
+from zamqp.backoff import Backoff
+from zamqp.policy import Redeliveries
+from zamqp.policy import RetryPolicy
+from zamqp.policy import Verdict
+from zamqp.settlement import Settlement
+from zamqp.status import ConsumerStatus
+from zamqp.status import State
+
+
+def message(tag=1, headers=None, redelivered=False, message_id='m1',
+            body=b'body', **properties):
+    msg = amqp.Message(body, message_id=message_id,
+                       application_headers=headers or {}, **properties)
+    msg.delivery_info = {'delivery_tag': tag, 'redelivered': redelivered,
+                         'routing_key': 'rk', 'exchange': 'ex'}
+    return msg
+
+
+class Channel:
+    """Records what a Settlement asks of its channel."""
+
+    def __init__(self):
+        self.calls = []
+
+    def basic_ack(self, tag, multiple=False):
+        self.calls.append(('ack', tag, multiple))
+
+    def basic_reject(self, tag, requeue):
+        self.calls.append(('reject', tag, requeue))
+
+    def basic_publish(self, msg, exchange, routing_key):
+        self.calls.append(('publish', exchange, routing_key, msg))
+
+
+# RetryPolicy
+
+def test_failures_are_retried_up_to_max_retries_then_dead_lettered():
+    policy = RetryPolicy(True, 2, 'dlx')
+    assert policy.on_failure(message())[0] is Verdict.RETRY
+    once = message(headers={deadletter.RETRIES: 1})
+    assert policy.on_failure(once)[0] is Verdict.RETRY
+    twice = message(headers={deadletter.RETRIES: 2})
+    verdict, fate = policy.on_failure(twice)
+    assert verdict is Verdict.DEAD
+    assert fate == "dead-lettered to 'dlx' after 3 attempts"
+
+
+def test_without_dead_letter_exchange_a_failure_is_dropped():
+    assert RetryPolicy(True, 0, None).on_failure(message())[0] is \
+        Verdict.DROP
+    verdict, fate = RetryPolicy(False, 3, None).on_failure(message())
+    assert verdict is Verdict.DROP and 'does not ack' in fate
+
+
+def test_refused_messages_are_given_up_at_once():
+    assert RetryPolicy(True, 3, 'dlx').on_refused()[0] is Verdict.DEAD
+    assert RetryPolicy(True, 3, None).on_refused()[0] is Verdict.DROP
+
+
+def test_quorum_delivery_count_counts_as_failures():
+    policy = RetryPolicy(True, 2, 'dlx')
+    assert policy.failures(message(headers={'x-delivery-count': 5})) == 5
+    assert policy.on_failure(
+        message(headers={'x-delivery-count': 2}))[0] is Verdict.DEAD
+
+
+def test_bad_retry_headers_count_as_zero():
+    for value in ('x', -5, None, 10 ** 40 * 1.0):
+        assert deadletter.retries(message(headers={
+            deadletter.RETRIES: value})) in (0, int(10 ** 40 * 1.0))
+    assert deadletter.retries(message(headers={deadletter.RETRIES: 'x'})) \
+        == 0
+
+
+def test_messages_lost_mid_handling_too_often_are_exhausted():
+    redeliveries = Redeliveries()
+    policy = RetryPolicy(True, 1, 'dlx', redeliveries)
+    msg = message(redelivered=True)
+    assert policy.exhausted(msg) is None
+    redeliveries.lost(msg, 'its handler outlived consumer_timeout')
+    assert policy.exhausted(msg) is None        # one loss: once more
+    assert policy.failures(msg) == 1
+    redeliveries.lost(msg, 'its handler outlived consumer_timeout')
+    assert 'lost mid-handling 2 times' in policy.exhausted(msg)
+    assert 'consumer_timeout' in policy.exhausted(msg)
+    # only redeliveries: a new message with the same id is handled
+    assert policy.exhausted(message()) is None
+    redeliveries.forget(msg)
+    assert policy.exhausted(msg) is None
+
+
+def test_redeliveries_are_bounded_and_keyed_by_fingerprint():
+    redeliveries = Redeliveries(size=3)
+    for n in range(5):
+        redeliveries.lost(message(message_id=f'm{n}'), 'crash')
+    assert len(redeliveries) == 3
+    assert redeliveries.count(message(message_id='m0')) == 0
+    assert redeliveries.count(message(message_id='m4')) == 1
+    a, b = message(message_id='same'), message(message_id='same')
+    a.zamqp_key, b.zamqp_key = 1, 2
+    redeliveries.lost(a, 'crash')
+    assert redeliveries.count(a) == 1 and redeliveries.count(b) == 0
+
+
+# Settlement
+
+def settlement(ack=True, dlx='dlx', frame_max=None):
+    channel, status = Channel(), ConsumerStatus()
+    return channel, status, Settlement(channel, 'q', 'q.own', ack, status,
+                                       dlx, frame_max, batch=3)
+
+
+def test_acks_are_batched_into_one_multiple_ack():
+    channel, status, settle = settlement()
+    for tag in (1, 2):
+        settle.settle(Verdict.ACK, message(tag))
+    assert channel.calls == [] and not settle.due(idle=False)
+    settle.settle(Verdict.ACK, message(3))
+    assert settle.due(idle=False)
+    settle.flush()
+    assert channel.calls == [('ack', 3, True)]
+    settle.flush()
+    assert channel.calls == [('ack', 3, True)]
+
+
+def test_other_verdicts_flush_pending_acks_first_in_order():
+    channel, status, settle = settlement()
+    settle.settle(Verdict.ACK, message(1))
+    settle.settle(Verdict.RETRY, message(2), ValueError('x'))
+    settle.settle(Verdict.DEAD, message(3), ValueError('boom'))
+    settle.settle(Verdict.DROP, message(4))
+    kinds = [(c[0], c[1]) for c in channel.calls]
+    assert kinds == [('ack', 1), ('publish', ''), ('ack', 2),
+                     ('publish', 'dlx'), ('ack', 3), ('reject', 4)]
+    retry = channel.calls[1][3]
+    assert channel.calls[1][2] == 'q.own'
+    assert retry.headers[deadletter.RETRIES] == 1
+    dead = channel.calls[3][3]
+    assert dead.headers[deadletter.ERROR] == 'ValueError: boom'
+    assert dead.headers[deadletter.QUEUE] == 'q'
+    assert channel.calls[5] == ('reject', 4, False)
+    counts = status.snapshot()
+    assert (counts['retried'], counts['dead_lettered'], counts['dropped']) \
+        == (1, 1, 1)
+
+
+def test_without_ack_only_copies_are_published():
+    channel, status, settle = settlement(ack=False)
+    settle.settle(Verdict.DEAD, message(1), ValueError('boom'))
+    settle.settle(Verdict.DROP, message(2))
+    assert [c[0] for c in channel.calls] == ['publish']
+
+
+def test_copies_fit_in_the_frame():
+    big = {f'h{n}': 'v' * 200 for n in range(600)}
+    size = len(message(headers=big)._serialize_properties())
+    big['pad'] = 'p' * (131072 - deadletter.HEADER_OVERHEAD - size - 100)
+    msg = message(headers=big)
+    assert deadletter.fits(msg, 131072)     # it was received ...
+    assert not deadletter.fits(deadletter.dead_letter(msg, 'e' * 400, 'q'),
+                               131072)  # ... its copy would not fit
+    channel, status, settle = settlement(frame_max=131072)
+    settle.settle(Verdict.DEAD, msg, ValueError('x' * 10000))
+    dead = channel.calls[0][3]
+    assert deadletter.fits(dead, 131072)
+    assert dead.headers[deadletter.HEADERS_DROPPED] is True
+    assert len(dead.headers[deadletter.ERROR]) == deadletter.MAX_ERROR
+    assert dead.properties['message_id'] == 'm1'
+    settle.settle(Verdict.RETRY, msg)
+    retry = channel.calls[2][3]
+    assert deadletter.fits(retry, 131072)
+    assert retry.headers[deadletter.RETRIES] == 1
+    small = deadletter.dead_letter(message(headers={'a': 1}), 'e', 'q',
+                                   131072)
+    assert small.headers['a'] == 1 and deadletter.HEADERS_DROPPED not in \
+        small.headers
+
+
+def test_copies_of_undecodable_messages_carry_only_zamqp_headers():
+    msg = message()
+    msg.properties = {}
+    msg.zamqp_fault = 'cannot decode the content header'
+    dead = deadletter.dead_letter(msg, msg.zamqp_fault, 'q', 131072)
+    assert dead.body == b'body'
+    assert set(dead.headers) == {deadletter.ERROR, deadletter.QUEUE,
+                                 deadletter.ROUTING_KEY,
+                                 deadletter.EXCHANGE}
+    assert dead.headers[deadletter.ERROR] == \
+        'cannot decode the content header'
+
+
+# Backoff and status
+
+def test_backoff_doubles_is_jittered_capped_and_resets():
+    backoff = Backoff(first=1.0, cap=8.0, refused_cap=2.0)
+    delays = [backoff.delay() for _ in range(6)]
+    for delay, nominal in zip(delays, (1, 2, 4, 8, 8, 8)):
+        assert nominal / 2 <= delay <= nominal
+    assert backoff.delay(refused=True) <= 2.0
+    backoff.reset()
+    assert backoff.delay() <= 1.0
+    with pytest.raises(ValueError):
+        Backoff(first=0)
+
+
+def test_status_counts_and_states():
+    status = ConsumerStatus()
+    assert status.snapshot()['state'] == 'starting'
+    status.count('handled', 3)
+    status.enter(State.RECONNECTING, OSError('gone'))
+    snap = status.snapshot()
+    assert snap['handled'] == 3 and snap['state'] == 'reconnecting'
+    assert snap['last_error'] == 'gone'
+    status.enter(State.CONSUMING)
+    assert status.snapshot()['last_error'] == 'gone'   # the last one
