@@ -16,6 +16,7 @@ from zope.globalrequest import clearRequest
 from zope.globalrequest import setRequest
 
 from zamqp.exceptions import ZAMQPError
+from zamqp.worker import current_delivery
 
 logger = logging.getLogger('zamqp')
 
@@ -24,19 +25,32 @@ class ZopeContextError(ZAMQPError, LookupError):
     """The site or the user a consumer is configured with is not found."""
 
 
+class MessageGivenBack(ZAMQPError):
+    """The consumer gave the message back to the queue while its handler
+    ran (stop deadline passed, channel lost): the transaction was aborted
+    instead of committed, since the message will be handled again."""
+
+
 class InZope:
     """Run ``deliver(event)`` in a transaction of ``database``, on a site.
 
-    For each call: open a connection, begin a transaction of the thread's
-    transaction manager, wrap the application root in a request, traverse
-    to ``site`` (a path such as ``'/plone'``; default: the application
+    For each call: open a connection, begin a transaction of the
+    thread's own transaction manager (the one ``transaction.get()`` uses
+    in this thread, unwrapped, so that Zope closing the database from its
+    main thread aborts and unregisters where the connection was
+    registered), wrap the application root in a request, traverse to
+    ``site`` (a path such as ``'/plone'``; default: the application
     root), make it the component site when it is one, log in ``user``
     (found in the ``acl_users`` of the site or above it; default:
     anonymous), set ``event.site`` and call ``deliver(event)``, then
     commit. A ConflictError aborts and tries again, ``retries`` times at
-    most, then is raised; any other error aborts and is raised. The
-    site, the security manager, the global request and the connection
-    are always released.
+    most, then is raised; any other error aborts and is raised. If the
+    consumer gave up on the message meanwhile
+    (``zamqp.worker.current_delivery().abandoned()``: it goes back to
+    the queue), the transaction is aborted instead of committed and
+    MessageGivenBack is raised, so the message's effects are not
+    committed twice. The site, the security manager, the global request
+    and the connection are always released.
     """
 
     def __init__(self, database, site='', user=None, retries=3):
@@ -59,7 +73,11 @@ class InZope:
 
     def attempt(self, deliver, event):
         """One try: deliver and commit, or abort and raise."""
-        manager = transaction.manager
+        given_back(event)
+        # the thread's concrete TransactionManager, not the thread-local
+        # proxy: DB.close() in MainThread calls the connection's manager
+        # (abort, unregisterSynch), which must be this thread's
+        manager = transaction.manager.manager
         txn = manager.begin()
         txn.note(f'zamqp consumer {event.consumer}')
         connection = self.database.open(transaction_manager=manager)
@@ -67,6 +85,7 @@ class InZope:
             try:
                 event.site = self.enter(connection)
                 result = deliver(event)
+                given_back(event)
                 manager.commit()
             except BaseException:
                 manager.abort()
@@ -111,6 +130,18 @@ class InZope:
     def __repr__(self):
         return (f'<InZope site={self.site or "/"!r} '
                 f'user={self.user or "Anonymous"!r}>')
+
+
+def given_back(event):
+    """Raise MessageGivenBack if the consumer gave up on the message this
+    worker thread handles (nothing to check outside a delivery)."""
+    delivery = current_delivery()
+    if delivery is not None and delivery.abandoned():
+        raise MessageGivenBack(
+            f'consumer {event.consumer}: the message was given back to the '
+            'queue while its handler ran (stop deadline passed or channel '
+            'lost); its transaction is aborted, not committed, and the '
+            'message will be handled again')
 
 
 def find_user(context, userid):

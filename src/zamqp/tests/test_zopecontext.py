@@ -26,6 +26,7 @@ from zope.interface import alsoProvides
 
 from zamqp import AMQPProducer
 from zamqp import lifecycle
+from zamqp import worker
 from zamqp.consumer import AMQPThread
 from zamqp.delivery import MessageReceived
 from zamqp.interfaces import IProducer
@@ -38,6 +39,7 @@ from zamqp.tests.zopeaddon import amqp_zcml
 from zamqp.tests.zopeaddon import handlers
 from zamqp.tests.zopeaddon.events import Noted
 from zamqp.zopecontext import InZope
+from zamqp.zopecontext import MessageGivenBack
 from zamqp.zopecontext import ZopeContextError
 
 
@@ -221,6 +223,107 @@ class InZopeTransactionTests(ZODBTestCase):
         thread = threading.Thread(target=write)
         thread.start()
         thread.join()
+
+
+class delivering:
+    """In this block the thread handles ``delivery`` (a worker.Delivery),
+    as the consumer's worker thread sets it for each message."""
+
+    def __init__(self):
+        self.delivery = worker.Delivery(message=None)
+
+    def __enter__(self):
+        worker._local.delivery = self.delivery
+        return self.delivery
+
+    def __exit__(self, *exc_info):
+        worker._local.delivery = None
+
+
+class InZopeShutdownTests(ZODBTestCase):
+    """The consumer gives the message back, or Zope closes the database
+    from its main thread, while a handler runs in the worker thread."""
+
+    def test_handled_message_is_committed(self):
+        with delivering():
+            InZope(self.db)(note, event('kept'))
+        self.assertEqual(self.notes(), ['kept'])
+
+    def test_message_given_back_while_handled_is_aborted(self):
+        def note_then_given_back(event):
+            note(event)
+            delivery.abandon()      # the stop deadline passed meanwhile
+
+        with delivering() as delivery:
+            with self.assertRaisesRegex(MessageGivenBack,
+                                        'given back to the queue'):
+                InZope(self.db)(note_then_given_back, event('twice?'))
+        self.assertEqual(self.notes(), [])
+        self.assertConnectionsClosed()
+        self.assertIsNone(getSite())
+
+    def test_message_given_back_before_is_not_handled(self):
+        calls = []
+        with delivering() as delivery:
+            delivery.abandon()
+            with self.assertRaises(MessageGivenBack):
+                InZope(self.db)(calls.append, event())
+        self.assertEqual(calls, [])
+
+    def test_a_given_back_message_is_not_retried_on_conflict(self):
+        calls = []
+
+        def conflict_then_given_back(event):
+            calls.append(1)
+            delivery.abandon()
+            raise ConflictError('try again')
+
+        with delivering() as delivery:
+            with self.assertRaises(MessageGivenBack):
+                InZope(self.db)(conflict_then_given_back, event())
+        self.assertEqual(calls, [1])
+
+    def test_database_closed_in_another_thread_while_handler_runs(self):
+        """DB.close() (Zope's, in MainThread, at exit) aborts the worker's
+        transaction and closes its connection without KeyError from
+        transaction's WeakSet (or ConnectionStateError)."""
+        for write_first in (True, False):
+            db = zodb.stackDemoStorage(self.layer['zodbDB'],
+                                       name=f'{self.id()}-{write_first}')
+            make_content(db)
+            running, release = threading.Event(), threading.Event()
+            outcome = []
+
+            def slow(event):
+                if write_first:
+                    note(event)
+                running.set()
+                release.wait(10)
+                if not write_first:
+                    note(event)
+
+            def work():
+                with delivering() as delivery:
+                    deliveries.append(delivery)
+                    try:
+                        InZope(db)(slow, event('never'))
+                    except BaseException as exc:
+                        outcome.append(exc)
+
+            deliveries = []
+            thread = threading.Thread(target=work)
+            thread.start()
+            self.assertTrue(running.wait(10))
+            deliveries[0].abandon()     # the consumer's stop deadline ...
+            db.close()                  # ... then Zope's: must not raise
+            release.set()
+            thread.join(10)
+            self.assertFalse(thread.is_alive())
+            # nothing is committed: MessageGivenBack, or the handler's
+            # own error when it reads from the closed database
+            [error] = outcome
+            self.assertIsInstance(
+                error, MessageGivenBack if write_first else AttributeError)
 
 
 class InZopeContextTests(ZODBTestCase):
