@@ -211,19 +211,27 @@ def test_exchange_of_another_type(props, start, no_leaked_threads):
 
 
 def test_queue_of_other_settings(props, admin, no_leaked_threads):
-    name = f'durable-{props.exchange}'
-    durable = AMQPThread(AMQPConsumer(name, props, print, shared=True,
-                                      durable=True))
+    name = f'limited-{props.exchange}'
+    admin.channel.queue_declare(name, durable=True, auto_delete=False,
+                                arguments={'x-max-length': 10})
     try:
-        durable.start()
         thread = AMQPThread(AMQPConsumer(name, props, print, shared=True))
         with pytest.raises(ConnectionFailed) as info:
             thread.start()
-        assert name in str(info.value) and 'durable' in str(info.value)
+        assert name in str(info.value) and 'x-max-length' in str(info.value)
+        assert 'delete it on the broker' in str(info.value)
         assert not thread.is_alive()
+        assert thread.consumer.status()['state'] == 'failed'
     finally:
-        assert durable.stop()
         admin.delete_queue(name)
+
+
+def test_shared_queues_cannot_be_transient(props):
+    with pytest.raises(ConfigurationError) as info:
+        AMQPConsumer('q', props, print, shared=True, durable=False)
+    assert 'RabbitMQ 4' in str(info.value)
+    assert AMQPConsumer('q', props, print, shared=True).durable
+    assert not AMQPConsumer('q', props, print).durable
 
 
 # callbacks and messages that fail
