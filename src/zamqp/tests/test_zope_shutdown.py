@@ -80,12 +80,13 @@ class SIGTERMWhileHandlingTests(unittest.TestCase):
                 exchange=self.layer.slow_exchange)) as producer:
             producer(body)
 
-    def assertGivenBack(self, write_first):
+    def assertGivenBack(self, write_first, until_given_back=False):
         """SIGTERM the instance whose handler sleeps: it exits 0 in about
         the stop deadline, without a traceback and without committing;
-        the other instance handles the message."""
+        the other instance handles the message. Return the log."""
         text = unique('slow')
-        self.publish(text=text, seconds=SLEEP, write_first=write_first)
+        self.publish(text=text, seconds=SLEEP, write_first=write_first,
+                     until_given_back=until_given_back)
         self.assertTrue(wait_for(
             lambda: any(began(i, text) for i in self.instances),
             timeout=10))
@@ -93,17 +94,20 @@ class SIGTERMWhileHandlingTests(unittest.TestCase):
         [other] = [i for i in self.instances if i is not busy]
         took = busy.signal(signal.SIGTERM)
         print(f'\nSIGTERM of {busy.name} with a handler running '
-              f'(write_first={write_first}) took {took:.2f} s (stop '
-              f'deadline {lifecycle.EXIT_TIMEOUT} s)')
+              f'(write_first={write_first}, until_given_back='
+              f'{until_given_back}) took {took:.2f} s (stop deadline '
+              f'{lifecycle.EXIT_TIMEOUT} s)')
         log = busy.log()
         self.assertIsNotNone(busy.process.returncode, f'{busy.name} runs')
         self.assertEqual(busy.process.returncode, 0)
         self.assertLess(took, EXIT_TIMEOUT)
         self.assertGreater(took, lifecycle.EXIT_TIMEOUT - 1)
-        self.assertNotIn('Traceback', log)
         self.assertNotIn('KeyError', log)
-        self.assertNotIn('Error', log)
-        self.assertNotIn(f'slow handler returns {text}', log)
+        self.assertNotIn('ConnectionStateError', log)
+        if not until_given_back:
+            self.assertNotIn('Traceback', log)
+            self.assertNotIn('Error', log)
+            self.assertNotIn(f'slow handler returns {text}', log)
         self.assertIn('SIGTERM: stopping consumers', log)
         # the message went back to the queue: the other instance has it
         self.assertTrue(wait_for(
@@ -118,6 +122,7 @@ class SIGTERMWhileHandlingTests(unittest.TestCase):
             [e for e in other.get('@@zamqp-slow') if e['text'] == text],
             [dict(text=text, redelivered=True)])
         self.assertNotIn(text, [e['text'] for e in busy.get('@@zamqp-slow')])
+        return log
 
     @show_logs_on_failure
     def test_1_handler_wrote_before_sigterm(self):
@@ -130,3 +135,13 @@ class SIGTERMWhileHandlingTests(unittest.TestCase):
         # no transaction joined yet (KeyError in transaction/weakset.py
         # at DB.close() before the fix)
         self.assertGivenBack(write_first=False)
+
+    @show_logs_on_failure
+    def test_3_handler_returns_after_the_message_was_given_back(self):
+        # the handler returns just after the stop deadline: InZope must
+        # abort (MessageGivenBack) instead of committing
+        log = self.assertGivenBack(write_first=True, until_given_back=True)
+        self.assertRegex(log, r'slow handler sees \S+ given back')
+        self.assertIn('MessageGivenBack', log)
+        self.assertIn('the message was given back to the queue while its '
+                      'handler ran', log)

@@ -11,6 +11,7 @@ from zope.component.hooks import getSite
 
 from zamqp import lifecycle
 from zamqp.delivery import is_received
+from zamqp.worker import current_delivery
 
 #: INoted events notified in this process, oldest first (see ``seen``).
 SEEN = []
@@ -51,7 +52,9 @@ def slow_store(event):
     seconds (none for a redelivered message) before returning: after
     the write, so it waits uncommitted meanwhile, or before it with
     ``body['write_first']`` false (the connection has joined no
-    transaction yet then)."""
+    transaction yet then). With ``body['until_given_back']`` it returns
+    as soon as the consumer gave the message back (its stop deadline
+    passed), so zamqp.zopecontext must abort instead of committing."""
     body = event.body
     redelivered = bool(event.message.delivery_info.get('redelivered'))
     logger = logging.getLogger('zamqp.tests.zopeaddon')
@@ -59,7 +62,15 @@ def slow_store(event):
                 redelivered)
     if body.get('write_first', True):
         _append_slow(event.site, body['text'], redelivered)
-    if not redelivered:
+    if redelivered:
+        pass
+    elif body.get('until_given_back'):
+        delivery = current_delivery()
+        deadline = time.monotonic() + body['seconds']
+        while not delivery.abandoned() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        logger.info('slow handler sees %s given back', body['text'])
+    else:
         time.sleep(body['seconds'])
     if not body.get('write_first', True):
         _append_slow(event.site, body['text'], redelivered)
