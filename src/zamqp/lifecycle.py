@@ -1,4 +1,5 @@
-"""Start every configured consumer with the database, stop them at exit."""
+"""Start every configured consumer with the database, restart one that
+ended unexpectedly, stop them at exit."""
 import atexit
 import logging
 import signal
@@ -8,12 +9,15 @@ import time
 import zope.component
 
 from zamqp import settings
+from zamqp.backoff import Backoff
 from zamqp.consumer import AMQPThread
 from zamqp.interfaces import IConsumerSpec
 
 logger = logging.getLogger('zamqp')
 _lock = threading.Lock()
 _threads = {}
+_supervised = {}        # name -> _Supervised, for each started consumer
+_supervisor = None      # the zamqp-supervisor thread while it runs
 _arranged = False
 _atexit_registered = False
 #: Signals that stop the consumers, then do what they did before.
@@ -21,6 +25,27 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _previous_handlers = {}
 #: Seconds a running handler gets to finish when the process ends.
 EXIT_TIMEOUT = 5.0
+#: Seconds between the supervisor's checks of the consumer threads.
+SUPERVISE_INTERVAL = 2.0
+#: Seconds before a consumer is restarted again, from the first up to
+#: the cap (doubled each time, jittered; see zamqp.backoff.Backoff).
+RESTART_FIRST = 1.0
+RESTART_CAP = 60.0
+#: Seconds a restarted consumer must run for its backoff to start over.
+RESTART_HEALTHY = 60.0
+
+
+class _Supervised:
+    """What the supervisor knows of one configured consumer."""
+
+    def __init__(self, spec, database):
+        self.spec = spec
+        self.database = database
+        self.restarts = 0
+        self.restarted = None       # time.time() of the last restart
+        self.started = time.monotonic()
+        self.not_before = 0.0       # monotonic time of the next restart
+        self.backoff = Backoff(RESTART_FIRST, RESTART_CAP)
 
 
 def database_opened(event):
@@ -33,7 +58,8 @@ def database_opened(event):
 
 
 def start(database=None):
-    """Start a thread for each configured consumer not running yet.
+    """Start a thread for each configured consumer not running yet, and
+    the supervisor that restarts consumers ending unexpectedly.
 
     Never blocks on the broker: a consumer that cannot connect logs it
     and keeps trying in its thread. Returns the names started.
@@ -43,23 +69,30 @@ def start(database=None):
         for name, spec in zope.component.getUtilitiesFor(IConsumerSpec):
             if name in _threads and _threads[name].is_alive():
                 continue
-            thread = AMQPThread(spec.create(database),
-                                name=f'zamqp-consumer-{name}')
-            thread.start(timeout=0)
-            _threads[name] = thread
+            _threads[name] = _start_consumer(name, spec, database)
+            _supervised[name] = _Supervised(spec, database)
             started.append(name)
+        _start_supervisor()
     if started:
         logger.info('started consumers: %s', ', '.join(sorted(started)))
     _arrange_stop()
     return sorted(started)
 
 
+def _start_consumer(name, spec, database):
+    thread = AMQPThread(spec.create(database), name=f'zamqp-consumer-{name}')
+    thread.start(timeout=0)
+    return thread
+
+
 def stop(timeout=2.0):
-    """Stop every started consumer; return True if all threads ended
-    within ``timeout`` seconds (for all of them together)."""
+    """Stop the supervisor and every started consumer; return True if all
+    threads ended within ``timeout`` seconds (for all of them together)."""
+    _stop_supervisor()
     with _lock:
         threads = dict(_threads)
         _threads.clear()
+        _supervised.clear()
     for thread in threads.values():
         thread.consumer.stop()
     deadline = time.monotonic() + timeout      # one deadline for all
@@ -68,6 +101,79 @@ def stop(timeout=2.0):
     if ended:
         _log_stopped(ended, timeout)
     return all(ended.values())
+
+
+def _start_supervisor():
+    """Start the supervisor thread unless it runs (with ``_lock`` held)."""
+    global _supervisor
+    if _supervisor is None or not _supervisor.is_alive():
+        _supervisor = Supervisor()
+        _supervisor.start()
+
+
+def _stop_supervisor(timeout=1.0):
+    global _supervisor
+    with _lock:
+        supervisor, _supervisor = _supervisor, None
+    if supervisor is not None:
+        supervisor.stopping.set()
+        if supervisor is not threading.current_thread():
+            supervisor.join(timeout)
+
+
+class Supervisor(threading.Thread):
+    """Every SUPERVISE_INTERVAL seconds, restart the consumers that ended
+    although nobody stopped them (see ``supervise``)."""
+
+    def __init__(self):
+        super().__init__(name='zamqp-supervisor', daemon=True)
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.wait(SUPERVISE_INTERVAL):
+            try:
+                supervise()
+            except Exception:       # never let the supervisor die
+                logger.exception('zamqp supervisor: unexpected error; it '
+                                 'goes on')
+
+
+def supervise():
+    """Restart each consumer whose thread ended although no stop was
+    requested, from its IConsumerSpec and with the database it was
+    started with; a consumer that ends again is restarted after a
+    growing pause (RESTART_FIRST up to RESTART_CAP seconds). Returns the
+    names restarted (the supervisor thread calls it; tests may too)."""
+    restarted = []
+    with _lock:
+        now = time.monotonic()
+        for name, thread in list(_threads.items()):
+            record = _supervised.get(name)
+            if (record is None or thread.is_alive()
+                    or thread.consumer.stop_requested
+                    or now < record.not_before):
+                continue
+            if now - record.started >= RESTART_HEALTHY:
+                record.backoff.reset()      # it ran long enough
+            error = thread.consumer.error
+            record.restarts += 1
+            logger.error(
+                'consumer %s ended although no stop was requested (last '
+                'error: %s); restarting it (restart %d)', name,
+                f'{type(error).__name__}: {error}' if error is not None
+                else 'none', record.restarts)
+            record.not_before = now + record.backoff.delay()
+            record.started = now
+            record.restarted = time.time()
+            try:
+                _threads[name] = _start_consumer(name, record.spec,
+                                                 record.database)
+            except Exception:
+                logger.exception('consumer %s: restart failed; trying again '
+                                 'in %.1f s', name, record.not_before - now)
+                continue
+            restarted.append(name)
+    return restarted
 
 
 def _log_stopped(ended, timeout):
@@ -96,6 +202,23 @@ def running():
     """Names of the consumers whose threads are alive."""
     with _lock:
         return sorted(n for n, t in _threads.items() if t.is_alive())
+
+
+def status():
+    """Per started consumer: its ``status()`` snapshot (state,
+    last_error, counts) with ``alive`` (its thread runs), ``restarts``
+    (by the supervisor) and ``restarted`` (``time.time()`` of the last
+    restart, or None)."""
+    with _lock:
+        entries = [(name, thread, _supervised.get(name))
+                   for name, thread in _threads.items()]
+    result = {}
+    for name, thread, record in sorted(entries, key=lambda e: e[0]):
+        result[name] = dict(
+            thread.consumer.status(), alive=thread.is_alive(),
+            restarts=record.restarts if record else 0,
+            restarted=record.restarted if record else None)
+    return result
 
 
 def _arrange_stop():

@@ -1,15 +1,26 @@
-"""Starting and stopping consumers, opening and closing connections."""
+"""Starting and stopping consumers, opening and closing connections, and
+zamqp.lifecycle's supervisor restarting consumers that ended."""
+import logging
+import subprocess
+import sys
 import threading
 import time
 
 import amqp
 import pytest
+import zope.component
 from amqp import exceptions as amqp_errors
+from plone.testing import zca
+from zope.interface import implementer
 
 from zamqp import AMQPConnection
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import AMQPThread
+from zamqp import lifecycle
+from zamqp.exceptions import ConnectionFailed
+from zamqp.interfaces import IConsumerSpec
+from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.testhelpers import zamqp_threads
@@ -92,16 +103,29 @@ def test_exclusive_queue_gone_after_stop(props, start, admin,
                     timeout=2)
 
 
-def test_shared_queue_removed_with_last_consumer(props, start, admin,
-                                                 no_leaked_threads):
+def test_shared_queue_keeps_its_backlog_after_the_last_consumer(
+        props, start, admin, no_leaked_threads):
     name = unique('shared')   # queue names are global on the broker
     first = start(AMQPConsumer(name, props, print, shared=True))
     second = start(AMQPConsumer(name, props, print, shared=True))
+    try:
+        assert admin.queue_exists(name)
+        assert first.stop() and second.stop()
+        time.sleep(0.2)
+        assert admin.queue_exists(name)     # durable, not auto-deleted
+        with AMQPProducer(name, props) as producer:
+            producer('waits for a consumer')
+        assert wait_for(lambda: admin.queue_depth(name) == 1)
+    finally:
+        admin.delete_queue(name)
+
+
+def test_broadcast_queue_removed_with_its_consumer(props, start, admin,
+                                                   no_leaked_threads):
+    thread = start(AMQPConsumer(unique('own'), props, print))
+    name = thread.consumer.queue_name
     assert admin.queue_exists(name)
-    assert first.stop()
-    time.sleep(0.2)
-    assert admin.queue_exists(name)     # one consumer is left
-    assert second.stop()
+    assert thread.stop()
     assert wait_for(lambda: not admin.queue_exists(name), timeout=2)
 
 
@@ -273,9 +297,178 @@ def test_consumer_reconnects_after_its_socket_dies(props, start, caplog):
     start(consumer)
     first = consumer.connection
     first.connection.transport.sock.shutdown(socket.SHUT_RDWR)
-    assert wait_for(lambda: consumer.connection is not first
-                    and consumer.connection.is_open, timeout=10)
+    assert wait_for(lambda: (now := consumer.connection) is not None
+                    and now is not first and now.is_open, timeout=10)
     AMQPProducer('rc', props)('after the cut')
     assert wait_for(lambda: got == ['after the cut'])
     logged = [r.getMessage() for r in caplog.records]
     assert any('connected again' in line for line in logged)
+
+
+# zamqp.lifecycle's supervisor: consumers that end unexpectedly restart
+
+class Ending(AMQPConsumer):
+    """A consumer whose thread ends at once, with ``error`` set to the
+    spec's ``error`` (None: it just returns): no broker, no worker."""
+
+    def start_worker(self):
+        pass
+
+    def run(self):
+        self.error = self.spec_error
+        self.attempted.set()
+
+
+class Idle(Ending):
+    """A consumer whose thread runs until stop() (no broker either)."""
+
+    def run(self):
+        self.attempted.set()
+        while not self.stop_requested:
+            time.sleep(0.01)
+
+
+@implementer(IConsumerSpec)
+class Spec:
+    """An IConsumerSpec making ``factory`` consumers; ``created`` lists
+    the database of each create()."""
+
+    def __init__(self, factory, error=None):
+        self.factory = factory
+        self.error = error
+        self.created = []
+
+    def create(self, database=None):
+        self.created.append(database)
+        consumer = self.factory('supervised', broker_props(), print)
+        consumer.spec_error = self.error
+        return consumer
+
+
+@pytest.fixture
+def supervised(monkeypatch):
+    """Register specs by name (``supervised(name, spec)``) in a registry
+    of the test's own, with a quick supervisor; all stopped at teardown."""
+    monkeypatch.setattr(lifecycle, 'SUPERVISE_INTERVAL', 0.02)
+    monkeypatch.setattr(lifecycle, 'RESTART_FIRST', 0.1)
+    monkeypatch.setattr(lifecycle, 'RESTART_CAP', 0.1)
+    zca.pushGlobalRegistry()
+
+    def register(name, spec):
+        zope.component.provideUtility(spec, IConsumerSpec, name)
+        return spec
+
+    yield register
+    lifecycle.stop()
+    lifecycle.restore_sigterm()
+    zca.popGlobalRegistry()
+
+
+def supervisors():
+    return [t for t in threading.enumerate() if t.name == 'zamqp-supervisor']
+
+
+def restarted_lines(caplog, name):
+    return [r for r in caplog.records if r.getMessage().startswith(
+        f'consumer {name} ended although no stop was requested')]
+
+
+def test_supervisor_restarts_a_consumer_that_ended(supervised, caplog):
+    caplog.set_level(logging.ERROR, 'zamqp')
+    spec = supervised('ending', Spec(Ending, ConnectionFailed('boom')))
+    database = object()
+    assert lifecycle.start(database) == ['ending']
+    assert wait_for(lambda: len(spec.created) >= 2, timeout=3)
+    # made again from its spec, with the database given to start()
+    assert spec.created[:2] == [database, database]
+    first = restarted_lines(caplog, 'ending')[0]
+    assert first.levelno == logging.ERROR
+    assert first.getMessage() == (
+        'consumer ending ended although no stop was requested (last error: '
+        'ConnectionFailed: boom); restarting it (restart 1)')
+    status = lifecycle.status()['ending']
+    assert status['restarts'] >= 1
+    assert status['restarted'] is not None
+
+
+def test_log_says_when_there_was_no_error(supervised, caplog):
+    caplog.set_level(logging.ERROR, 'zamqp')
+    supervised('quiet', Spec(Ending))
+    lifecycle.start()
+    assert wait_for(lambda: restarted_lines(caplog, 'quiet'), timeout=3)
+    assert '(last error: none); restarting it (restart 1)' in \
+        restarted_lines(caplog, 'quiet')[0].getMessage()
+
+
+def test_restarts_are_backed_off(supervised, monkeypatch):
+    # 0.5 to 1 s between restarts; checked every 0.02 s
+    monkeypatch.setattr(lifecycle, 'RESTART_FIRST', 1.0)
+    monkeypatch.setattr(lifecycle, 'RESTART_CAP', 1.0)
+    spec = supervised('ending', Spec(Ending))
+    lifecycle.start()
+    time.sleep(1.6)
+    restarts = lifecycle.status()['ending']['restarts']
+    # at once, then after 0.5 to 1 s, maybe once more: not 80 times
+    assert 2 <= restarts <= 4, restarts
+    assert len(spec.created) == restarts + 1
+
+
+def test_backoff_grows_up_to_the_cap(supervised, monkeypatch):
+    monkeypatch.setattr(lifecycle, 'RESTART_FIRST', 0.1)
+    monkeypatch.setattr(lifecycle, 'RESTART_CAP', 10.0)
+    spec = supervised('ending', Spec(Ending))
+    lifecycle.start()
+    time.sleep(1.6)
+    # waits of 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.4-0.8, 0.8-1.6 s ...
+    assert 3 <= len(spec.created) - 1 <= 6, len(spec.created)
+
+
+def test_stopped_consumer_is_not_restarted(supervised, caplog):
+    caplog.set_level(logging.ERROR, 'zamqp')
+    spec = supervised('idle', Spec(Idle))
+    lifecycle.start()
+    [thread] = [t for t in threading.enumerate()
+                if t.name == 'zamqp-consumer-idle']
+    time.sleep(0.2)
+    assert lifecycle.running() == ['idle']
+    assert lifecycle.status()['idle']['restarts'] == 0
+    thread.consumer.stop()          # stopped, though not by lifecycle
+    assert wait_for(lambda: not thread.is_alive(), timeout=2)
+    time.sleep(0.3)
+    assert lifecycle.running() == []
+    assert spec.created == [None]
+    assert restarted_lines(caplog, 'idle') == []
+    assert lifecycle.status()['idle']['alive'] is False
+
+
+def test_no_thread_at_import():
+    code = ('import threading, zamqp.lifecycle; '
+            'print([t.name for t in threading.enumerate()])')
+    out = subprocess.run([sys.executable, '-c', code], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "['MainThread']"
+
+
+def test_supervisor_thread_lives_from_start_to_stop(supervised):
+    assert supervisors() == []
+    supervised('idle', Spec(Idle))
+    lifecycle.start()
+    [supervisor] = supervisors()
+    assert supervisor.daemon
+    lifecycle.start()               # still one
+    assert supervisors() == [supervisor]
+    lifecycle.stop()
+    assert not supervisor.is_alive()
+    assert lifecycle.status() == {}
+
+
+def test_status_of_a_running_consumer(supervised):
+    supervised('idle', Spec(Idle))
+    lifecycle.start()
+    status = lifecycle.status()
+    assert list(status) == ['idle']
+    assert status['idle']['alive'] is True
+    assert status['idle']['restarts'] == 0
+    assert status['idle']['restarted'] is None
+    assert status['idle']['state'] == 'starting'
+    assert 'handled' in status['idle']
