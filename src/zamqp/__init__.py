@@ -8,6 +8,7 @@ from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import MessageRefused
 from zamqp.exceptions import NotConfirmed
+from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
 from zamqp.exceptions import ZAMQPError
 from zamqp.producer import AMQPProducer
@@ -17,5 +18,5 @@ __all__ = [
     'AMQPProps', 'AMQPConnection', 'AMQPProducer', 'AMQPConsumer',
     'AMQPThread', 'AMQPEventCallback', 'AMQPEvent', 'ZAMQPError',
     'ConfigurationError', 'ConnectionFailed', 'PublishFailed',
-    'MessageRefused', 'NotConfirmed',
+    'MessageRefused', 'NotConfirmed', 'PublishBlocked',
 ]

@@ -27,6 +27,20 @@ class PublishFailed(ZAMQPError):
     """A message could not be published."""
 
 
+class PublishBlocked(PublishFailed):
+    """The broker blocks publishers (RabbitMQ's ``connection.blocked``,
+    sent during a memory or disk alarm) and did not unblock within the
+    producer's ``confirm_timeout``; the message was not sent.
+
+    ``reason``: the broker's reason, e.g. ``'low on memory'`` or ``'low
+    on disk'``.
+    """
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason
+
+
 class NotConfirmed(PublishFailed):
     """The broker did not confirm one or more published messages.
 

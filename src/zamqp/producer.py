@@ -1,5 +1,4 @@
 """AMQPProducer: publishes serialized messages on one reused connection."""
-import collections
 import itertools
 import logging
 import math
@@ -15,9 +14,13 @@ from zope.interface import implementer
 from zamqp import serializers
 from zamqp import signing
 from zamqp import transactional as _transactional
+from zamqp import window as _window_module
+from zamqp.backoff import Backoff
 from zamqp.connection import AMQPConnection
+from zamqp.transport import set_write_timeout
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import NotConfirmed
+from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
 
@@ -26,93 +29,14 @@ logger = logging.getLogger('zamqp')
 #: Publish failures after which a new connection may succeed.
 RETRYABLE = (OSError, amqp_errors.AMQPError)
 
+_RETRY = (ConnectionFailed,) + RETRYABLE
 
-class _Record:
-    """One published message waiting for its confirm."""
+#: Unconfirmed messages a producer keeps by default.
+WINDOW = 1000
 
-    __slots__ = ('msg', 'key', 'tracker', 'state', 'reply', 'sends',
-                 'batch')
-
-    def __init__(self, msg, key, batch):
-        self.msg = msg
-        self.key = key
-        self.batch = batch
-        self.tracker = None
-        self.state = None       # None, 'ack', 'nack', 'returned'
-        self.reply = None
-        self.sends = 0
-
-    @property
-    def message_id(self):
-        return self.msg.properties.get('message_id')
-
-    def resolve(self, state):
-        if self.state is None:
-            self.state = state
-            if self.batch is not None:
-                self.batch.outstanding -= 1
-
-
-class _Tracker:
-    """Delivery tags of one confirm-mode channel and their records.
-
-    Fed by py-amqp's channel events (basic_ack, basic_nack,
-    basic_return); used only under the producer's lock.
-    """
-
-    def __init__(self, channel, confirm):
-        self.channel = channel
-        self.next_tag = 1
-        self.pending = collections.OrderedDict()    # tag -> _Record
-        self.returned = {}                          # message id -> reply
-        channel.events['basic_return'].add(self.on_return)
-        if confirm:
-            channel.events['basic_ack'].add(self.on_ack)
-            channel.events['basic_nack'].add(self.on_nack)
-            channel.confirm_select()
-
-    def sent(self, record):
-        record.tracker = self
-        record.sends += 1
-        self.pending[self.next_tag] = record
-        self.next_tag += 1
-
-    def on_ack(self, tag, multiple):
-        self._settle(tag, multiple, 'ack')
-
-    def on_nack(self, tag, multiple):
-        self._settle(tag, multiple, 'nack')
-
-    def _settle(self, tag, multiple, state):
-        pending = self.pending
-        if not multiple:
-            records = [pending.pop(tag)] if tag in pending else []
-        else:
-            records = []
-            while pending and next(iter(pending)) <= tag:
-                records.append(pending.popitem(last=False)[1])
-        for record in records:
-            reply = self.returned.pop(record.message_id, None)
-            if reply is not None and state == 'ack':
-                record.reply = reply
-                record.resolve('returned')
-            else:
-                record.resolve(state)
-
-    def on_return(self, exc, exchange, routing_key, message):
-        message_id = message.properties.get('message_id')
-        reply = f'{exc.reply_code} {exc.reply_text}'
-        if self.channel.events.get('basic_ack'):
-            self.returned[message_id] = reply
-        else:
-            logger.warning('message %s to exchange %r was returned '
-                           '(routing key %r): %s', message_id, exchange,
-                           routing_key, reply)
-
-    def forget(self, records):
-        """Stop tracking ``records`` (they timed out)."""
-        for tag in [t for t, r in self.pending.items() if r in records]:
-            del self.pending[tag]
+_STATE_TEXT = {_window_module.NACK: 'nacked by the broker',
+               _window_module.TIMEOUT: 'not confirmed in time',
+               _window_module.RETURNED: 'returned unroutable'}
 
 
 class Batch:
@@ -123,7 +47,7 @@ class Batch:
     (``batch(obj)``, ``producer(obj)``, ``publish_now``) is sent at once
     without waiting; leaving the block waits for all their confirms and
     raises NotConfirmed listing the messages that were nacked, returned
-    or not confirmed in time. Without ``confirm`` it only publishes.
+    or not confirmed in time. With ``confirm=False`` it only publishes.
     """
 
     def __init__(self, producer):
@@ -139,8 +63,8 @@ class Batch:
         self.ids.append(message_id)
         return message_id
 
-    def add(self, msg, key):
-        record = _Record(msg, key, self)
+    def add(self, record):
+        record.batch = self
         self.records.append(record)
         self.outstanding += 1
         return record
@@ -148,7 +72,7 @@ class Batch:
     def discard(self, record):
         """Forget a message whose publishing raised already."""
         self.records.remove(record)
-        record.resolve('failed')
+        record.resolve(_window_module.FAILED)
 
     def __enter__(self):
         local = self.producer._local
@@ -195,6 +119,22 @@ def _check_value(name, value):
             _check_value(name, item)
 
 
+class _Outstanding:
+    """True while a record of ``records`` is unsettled (amortized O(1):
+    records settle mostly in order)."""
+
+    def __init__(self, records):
+        self.records = records
+        self.index = 0
+
+    def __call__(self):
+        records, index = self.records, self.index
+        while index < len(records) and records[index].state is not None:
+            index += 1
+        self.index = index
+        return index < len(records)
+
+
 @implementer(IProducer)
 class AMQPProducer:
     """Call it with any object to publish it to ``props.exchange``.
@@ -206,16 +146,41 @@ class AMQPProducer:
 
     The connection opens on the first call and is reused; calls from
     several threads are serialized by a lock. A call whose connection or
-    channel died reconnects once and tries again, then raises
-    PublishFailed; a broker that cannot be reached raises ConnectionFailed.
+    channel died reconnects (with a jittered backoff, zamqp.backoff)
+    until ``confirm_timeout`` passed, then raises PublishFailed, or
+    ConnectionFailed when the broker could not be reached.
 
-    With ``confirm=True`` the channel is in publisher-confirm mode and a
-    call returns only once the broker confirmed the message; it raises
-    NotConfirmed (a PublishFailed) when the broker nacks it, when no
-    confirm came within ``confirm_timeout`` seconds (default:
-    ``props.timeout``) and, with ``mandatory=True``, when no queue took
-    it (returned unroutable). ``batch()`` and ``publish_many`` publish
-    many messages and wait once for all their confirms.
+    Confirms (``confirm``):
+
+    ``None`` (default): the channel is in publisher-confirm mode and the
+    producer keeps every message it sent until the broker confirmed it,
+    at most ``window`` of them (default 1000). A call returns as soon as
+    its message is written; confirms are read as they arrive, before
+    the next publish. A publish with a full window reads confirms until
+    there is room, at most ``confirm_timeout`` seconds, then raises
+    PublishFailed. After a reconnect the unconfirmed messages are
+    published again first, in order (so a receiver may see a message
+    twice; its ``message_id`` tells). A message nacked by the broker or
+    not confirmed within ``confirm_timeout`` of its publishing is logged
+    at ERROR with its id, as nobody waits for it any more; ``flush()``
+    (and ``close()``, which flushes) raise NotConfirmed instead for what
+    was still outstanding.
+
+    ``True``: the same, and a call returns only once the broker
+    confirmed its message; it raises NotConfirmed (a PublishFailed) when
+    the broker nacks it, when no confirm came within ``confirm_timeout``
+    (default: ``props.timeout``) and, with ``mandatory=True``, when no
+    queue took it (returned unroutable).
+
+    ``False``: fire and forget, no confirms: what the broker did not
+    read before a connection was lost is gone, silently but for a
+    WARNING that says how many messages may be lost.
+
+    ``batch()`` and ``publish_many`` publish many messages and wait once
+    for all their confirms. While the broker blocks publishers
+    (``connection.blocked``: a memory or disk alarm) a publish waits at
+    most ``confirm_timeout`` and raises PublishBlocked naming the
+    broker's reason.
 
     With ``transactional=True`` a call made while the thread has an
     active transaction (the ``transaction`` package) builds the message
@@ -224,8 +189,11 @@ class AMQPProducer:
     """
 
     def __init__(self, queue, props, routing_key=None, serializer='pickle',
-                 persistent=False, transactional=False, confirm=False,
-                 confirm_timeout=None, mandatory=False):
+                 persistent=False, transactional=False, confirm=None,
+                 confirm_timeout=None, mandatory=False, window=WINDOW):
+        if confirm not in (None, True, False):
+            raise ValueError(f'confirm must be None, True or False, got '
+                             f'{confirm!r}')
         self.queue = queue
         self.props = props
         self.routing_key = queue if routing_key is None else routing_key
@@ -236,13 +204,22 @@ class AMQPProducer:
         self.confirm_timeout = (props.timeout if confirm_timeout is None
                                 else confirm_timeout)
         self.mandatory = mandatory
+        self.window = _window_module.ConfirmWindow(window, self._report)
+        self.backoff = Backoff(first=0.1, cap=5.0, refused_cap=1.0)
         self.connection = AMQPConnection(queue, props, mode='w',
                                          publisher=True)
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._tracker = None
+        self._channel = None        # the channel set up for publishing
+        self._published = 0         # on this connection (confirm=False)
+        self._opened = None
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:12]
+
+    @property
+    def timeout(self):
+        """Seconds a publish may take (``confirm_timeout``)."""
+        return self.confirm_timeout
 
     def __call__(self, message, routing_key=None, headers=None):
         msg = self.message(message, headers)
@@ -254,26 +231,32 @@ class AMQPProducer:
     def publish_now(self, msg, routing_key):
         """Publish the amqp.Message ``msg`` (see ``message``) now.
 
-        With ``confirm``, wait for its confirm, or leave that to the
-        batch this thread has open on this producer.
+        With ``confirm=True``, wait for its confirm, or leave that to
+        the batch this thread has open on this producer.
         """
-        if not (self.confirm or self.mandatory):
+        if self.confirm is False:
             with self._lock:
                 self._publish(msg, routing_key)
             return
         batch = getattr(self._local, 'batch', None)
-        with self._lock:        # callbacks of other threads' waits count
-            record = _Record(msg, routing_key, None) if batch is None \
-                else batch.add(msg, routing_key)
+        waits = self.confirm and batch is None
+        with self._lock:
+            now = time.monotonic()
+            record = _window_module.Record(
+                msg, routing_key, now + self.confirm_timeout,
+                waited=waits or batch is not None)
+            if batch is not None:
+                batch.add(record)
             try:
                 self._publish(msg, routing_key, record)
             except Exception:
                 if batch is not None:
                     batch.discard(record)
                 raise
-            if batch is None:
-                cause = self._await([record], lambda: record.state is None)
-        if batch is None:
+            if waits:
+                cause = self._await([record], lambda: record.state is None,
+                                    record.deadline)
+        if waits:
             self._check([record], cause)
 
     def batch(self):
@@ -306,90 +289,244 @@ class AMQPProducer:
             headers[signing.HEADER] = signer.sign(msg.body, properties)
         return msg
 
-    def _publish(self, msg, key, record=None):
-        for attempt in (1, 2):
-            try:
-                return self._send(msg, key, record)
-            except ConnectionFailed:
-                raise
-            except RETRYABLE as exc:
-                self._lost()
-                if attempt == 2:
-                    raise PublishFailed(
-                        f"basic_publish: message "
-                        f"{msg.properties['message_id']} to exchange "
-                        f"{self.props.exchange!r} on {self.props.url()} "
-                        f"failed twice: {exc}") from exc
-                logger.warning('publish to %s on %s failed (%s); '
-                               'reconnecting', self.props.exchange,
-                               self.props.url(), exc)
+    # publishing (under the lock)
 
-    def _send(self, msg, key, record=None):
-        channel = self.connection.channel
+    def _publish(self, msg, key, record=None):
+        """Publish, reconnecting with backoff until the deadline."""
+        deadline = time.monotonic() + self.confirm_timeout \
+            if record is None else record.deadline
+        while True:
+            try:
+                self._send(msg, key, record, deadline)
+                return
+            except _RETRY as exc:
+                self._retry_or_raise(exc, deadline, msg)
+
+    def _retry_or_raise(self, exc, deadline, msg=None):
+        """After a failed attempt: drop the connection, wait a backoff
+        delay and return, or raise once ``deadline`` would pass."""
+        if isinstance(exc, ConnectionFailed):
+            if not exc.recoverable:
+                raise exc
+        else:
+            self._lost(exc)
+        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
+        delay = 0.0 if self._first_retry(exc) else \
+            self.backoff.delay(refused=refused)
+        if time.monotonic() + delay >= deadline:
+            if isinstance(exc, (ConnectionFailed, PublishFailed)):
+                raise exc
+            what = 'message ' + msg.properties['message_id'] \
+                if msg is not None else 'waiting for confirms'
+            raise PublishFailed(
+                f"basic_publish: {what} to exchange "
+                f"{self.props.exchange!r} on {self.props.url()} failed "
+                f"within {self.confirm_timeout} s: {exc}") from exc
+        if not isinstance(exc, ConnectionFailed):
+            logger.warning('publish to %s on %s failed (%s); reconnecting',
+                           self.props.exchange, self.props.url(), exc)
+        time.sleep(delay)
+
+    def _first_retry(self, exc):
+        """Reconnect at once after a connection that worked; back off
+        while connecting fails."""
+        first = not getattr(self, '_retrying', False)
+        self._retrying = True
+        return first and not isinstance(exc, ConnectionFailed)
+
+    def _send(self, msg, key, record, deadline):
+        channel = self._channel
+        if channel is None or channel is not self.connection._channel:
+            channel = self._setup(deadline)
         self.connection.poll()
         if record is None:
-            channel.basic_publish(msg, self.props.exchange, key)
+            channel.basic_publish(msg, self.props.exchange, key,
+                                  mandatory=self.mandatory)
+            self._published += 1
+            self._retrying = False
             return
-        tracker = self._tracker
-        if tracker is None or tracker.channel is not channel:
-            tracker = self._tracker = _Tracker(channel, self.confirm)
+        window = self.window
+        now = time.monotonic()
+        pending = window.pending
+        if pending and pending[0].deadline <= now or window.orphans:
+            window.expire(now)
+            if window.orphans:
+                self._resend(deadline)
+        if window.full or self.connection.connection.blocked is not None:
+            self._make_room(deadline, msg)
         channel.basic_publish(msg, self.props.exchange, key,
                               mandatory=self.mandatory)
-        if self.confirm:
-            tracker.sent(record)
-        else:
-            record.resolve('ack')
+        window.sent(record)
+        self._retrying = False
 
-    def _lost(self):
+    def _setup(self, deadline):
+        """Open the connection, put the channel in confirm mode and
+        publish again what lost connections left unconfirmed."""
+        channel = self.connection.channel
+        conn = self.connection.connection
+        set_write_timeout(conn.sock, max(0.05, self.confirm_timeout))
+        conn.on_blocked = self._on_blocked
+        conn.on_unblocked = self._on_unblocked
+        channel.events['basic_return'].add(self._on_return)
+        self._published = 0
+        self._opened = time.time()
+        if self.confirm is not False:
+            window = self.window
+            window.channel_lost()
+            channel.events['basic_ack'].add(window.ack)
+            channel.events['basic_nack'].add(window.nack)
+            channel.confirm_select()
+            self._channel = channel
+            self._resend(deadline)
+        self._channel = channel
+        self.backoff.reset()
+        return channel
+
+    def _resend(self, deadline):
+        """Publish again, in order, what lost connections left
+        unconfirmed (before anything new goes out)."""
+        window = self.window
+        channel = self._channel
+        conn = self.connection.connection
+        resent = 0
+        while (record := window.next_orphan(time.monotonic())):
+            self.connection.poll()
+            if window.full or conn.blocked is not None:
+                self._make_room(deadline)
+            if window.orphans and window.orphans[0] is record:
+                channel.basic_publish(record.msg, self.props.exchange,
+                                      record.key, mandatory=self.mandatory)
+                window.orphans.popleft()
+                window.sent(record)
+                resent += 1
+        if resent:
+            logger.warning(
+                'published %d unconfirmed message(s) again on a new '
+                'connection to %s (receivers may see them twice)',
+                resent, self.props.url())
+
+    def _make_room(self, deadline, msg=None):
+        """Read frames until the window has room and the broker does not
+        block publishing; raise once ``deadline`` passed."""
+        window = self.window
+        conn = self.connection.connection
+        while window.full or conn.blocked is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._stuck(msg)
+            try:
+                conn.drain_events(timeout=min(remaining, 1.0))
+            except socket.timeout:
+                pass
+            window.expire(time.monotonic())
+
+    def _stuck(self, msg):
+        what = 'message ' + msg.properties['message_id'] \
+            if msg is not None else 'messages'
+        reason = self.connection.connection.blocked
+        if reason is not None:
+            return PublishBlocked(
+                f"basic_publish: {what} to exchange {self.props.exchange!r}"
+                f" not sent: {self.props.url()} blocks publishers "
+                f"({reason!r}) and did not unblock within "
+                f"{self.confirm_timeout} s (confirm_timeout); free memory "
+                "or disk on the broker, or raise its vm_memory_high_"
+                "watermark / disk_free_limit", reason)
+        return PublishFailed(
+            f"basic_publish: {what} to exchange {self.props.exchange!r} "
+            f"not sent: {len(self.window)} messages (window) are still "
+            f"unconfirmed by {self.props.url()} after "
+            f"{self.confirm_timeout} s (confirm_timeout); raise window or "
+            "confirm_timeout, or check the broker")
+
+    def _on_blocked(self, reason):
+        logger.warning('%s blocks publishers (%s): publishing to %r waits '
+                       'up to %s s per message, then raises PublishBlocked',
+                       self.props.url(), reason, self.props.exchange,
+                       self.confirm_timeout)
+
+    def _on_unblocked(self):
+        logger.info('%s unblocked publishers; publishing to %r goes on',
+                    self.props.url(), self.props.exchange)
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        message_id = message.properties.get('message_id')
+        reply = f'{exc.reply_code} {exc.reply_text}'
+        if self.confirm is not False:
+            self.window.returned_message(message_id, reply)
+        else:
+            logger.warning('message %s to exchange %r was returned '
+                           '(routing key %r): %s', message_id, exchange,
+                           routing_key, reply)
+
+    def _lost(self, exc=None):
+        """Drop the connection; note what may be lost with it."""
+        if self.confirm is False and self._published and \
+                self._channel is not None:
+            logger.warning(
+                'connection to %s lost (%s) without publisher confirms: up '
+                'to %d message(s) published to %r since the connection '
+                'opened at %s may be lost (confirm=False gives no way to '
+                'tell which arrived)', self.props.url(), exc,
+                self._published, self.props.exchange,
+                time.strftime('%H:%M:%S', time.localtime(self._opened)))
+        self._published = 0
+        self._channel = None
+        self.window.channel_lost()
         self.connection.close()
-        self._tracker = None
+
+    def _report(self, records, state):
+        """Log messages that failed with nobody waiting for them."""
+        ids = ', '.join(r.message_id for r in records)
+        if state == _window_module.TIMEOUT:
+            why = (f'not confirmed within {self.confirm_timeout} s of '
+                   'publishing; the broker may or may not have it')
+        elif state == _window_module.RETURNED:
+            why = 'returned unroutable (%s)' % records[0].reply
+        else:
+            why = _STATE_TEXT.get(state, state)
+        logger.error('%d message(s) to exchange %r on %s %s: %s',
+                     len(records), self.props.exchange, self.props.url(),
+                     why, ids)
 
     # confirms (called with records of one batch or one message)
 
     def _confirm(self, records, outstanding):
         with self._lock:
-            cause = self._await(records, outstanding)
+            cause = self._await(records, outstanding,
+                                max(r.deadline for r in records))
         self._check(records, cause)
 
-    def _await(self, records, outstanding):
+    def _await(self, records, outstanding, deadline):
         """Under the lock: read confirms until ``outstanding()`` is 0 or
-        ``confirm_timeout`` passed; resend once what a lost connection
-        left unconfirmed. Returns the error that ended the wait early."""
-        deadline = time.monotonic() + self.confirm_timeout
+        ``deadline`` passed, reconnecting and publishing again what a
+        lost connection left unconfirmed. Returns the error that ended
+        the wait early; what is left unsettled is given up."""
         cause = None
-        for attempt in (1, 2):
+        while outstanding():
             try:
-                self._resend_lost(records)
+                if self._channel is None:
+                    self._setup(deadline)
+                elif self.window.orphans:
+                    self._resend(deadline)
                 self._drain(outstanding, deadline)
-                cause = None        # what remains, timed out
                 break
-            except ConnectionFailed as exc:
+            except _RETRY as exc:
                 cause = exc
-                break
-            except RETRYABLE as exc:
-                self._lost()
-                cause = exc
-                if attempt == 1:
-                    logger.warning('waiting for confirms from %s failed '
-                                   '(%s); reconnecting', self.props.url(),
-                                   exc)
-        if outstanding() and self._tracker is not None:
-            self._tracker.forget(
-                set(r for r in records if r.state is None))
+                try:
+                    self._retry_or_raise(exc, deadline)
+                except (ConnectionFailed, PublishFailed) as final:
+                    cause = final
+                    break
+        if outstanding():
+            self.window.give_up(records)
+        else:
+            cause = None
         return cause
 
-    def _resend_lost(self, records):
-        for record in records:
-            if record.state is None and record.tracker is not self._tracker:
-                if record.sends > 1:
-                    continue        # twice lost: reported unconfirmed
-                self._send(record.msg, record.key, record)
-
     def _drain(self, outstanding, deadline):
-        tracker = self._tracker
-        if not outstanding() or tracker is None:
-            return
         connection = self.connection.connection
+        window = self.window
         while outstanding():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -398,16 +535,41 @@ class AMQPProducer:
                 connection.drain_events(timeout=remaining)
             except socket.timeout:
                 return
+            window.expire(time.monotonic())
+
+    def flush(self, timeout=None):
+        """Wait until the broker confirmed every message sent so far.
+
+        At most ``timeout`` seconds (default: ``confirm_timeout``),
+        reconnecting and publishing again what a lost connection left
+        unconfirmed. Raises NotConfirmed listing the messages that were
+        nacked, returned or not confirmed in time (they are not
+        retried). A no-op with ``confirm=False``.
+        """
+        if self.confirm is False:
+            return
+        timeout = self.confirm_timeout if timeout is None else timeout
+        with self._lock:
+            records = self.window.unsettled()
+            if not records:
+                return
+            for record in records:
+                record.waited = True
+            outstanding = _Outstanding(records)
+            cause = self._await(records, outstanding,
+                                time.monotonic() + timeout)
+        self._check(records, cause)
 
     def _check(self, records, cause=None):
         """Raise NotConfirmed unless every record was confirmed."""
-        failed = [r for r in records if r.state != 'ack']
+        failed = [r for r in records if r.state != _window_module.ACK]
         if not failed:
             return
-        nacked = [r.message_id for r in failed if r.state == 'nack']
+        nacked = [r.message_id for r in failed if r.state == _window_module.NACK]
         returned = [(r.message_id, r.key, r.reply)
-                    for r in failed if r.state == 'returned']
-        unconfirmed = [r.message_id for r in failed if r.state is None]
+                    for r in failed if r.state == _window_module.RETURNED]
+        unconfirmed = [r.message_id for r in failed
+                       if r.state in (None, _window_module.TIMEOUT, _window_module.FAILED)]
         raise NotConfirmed(self._failure_text(
             len(records), nacked, returned, unconfirmed, cause),
             nacked, returned, unconfirmed) from cause
@@ -431,14 +593,38 @@ class AMQPProducer:
                 + '; '.join(parts))
 
     def close(self):
+        """Flush (see ``flush``), then close the connection.
+
+        Messages that were not confirmed are logged at ERROR with their
+        ids, and NotConfirmed is raised after the connection is closed.
+        """
+        failure = None
+        try:
+            self.flush()
+        except PublishFailed as exc:
+            logger.error('closing the producer for %r: %s',
+                         self.props.exchange, exc)
+            failure = exc
         with self._lock:
-            self._lost()
+            self._published = 0
+            self._channel = None
+            self.window.channel_lost()
+            self.window.orphans.clear()
+            self.connection.close()
+        if failure is not None:
+            raise failure
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except PublishFailed:
+            pass            # logged by close; do not hide the first error
 
     def __repr__(self):
         return (f'<AMQPProducer {self.props.exchange!r} key='

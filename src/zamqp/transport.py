@@ -5,8 +5,10 @@ socket is asked for data.
 """
 import select
 import socket
+import struct
 
 import amqp
+from amqp import spec
 from amqp.transport import TCPTransport
 
 #: Bytes a consuming connection asks the socket for at once. Larger reads
@@ -14,20 +16,61 @@ from amqp.transport import TCPTransport
 READ_AHEAD = 4096
 
 
-class PublisherConnection(amqp.Connection):
-    """A connection that does not negotiate ``connection.blocked``.
+class BlockAwareConnection(amqp.Connection):
+    """A connection that keeps RabbitMQ's reason for blocking it.
 
-    With that capability on, py-amqp's basic_publish first drains the
-    socket with a zero timeout (three system calls and two exceptions,
-    about a third of a publish's CPU time) to pass connection.blocked
-    notifications to an ``on_blocked`` handler. Publishers call
-    ``Readiness.poll`` instead, which reads only when the broker sent
-    something, so a channel or connection the broker closed still raises
-    before the next message goes out.
+    RabbitMQ sends ``connection.blocked`` with a reason (``'low on
+    memory'``, ``'low on disk'``) to connections that negotiated the
+    capability; py-amqp's method table parses it without arguments and
+    passes a fixed text on. Here the reason is parsed: ``blocked`` holds
+    it while the broker blocks publishing (None otherwise), and
+    ``on_blocked(reason)`` / ``on_unblocked()`` are called as usual.
     """
 
-    negotiate_capabilities = dict(amqp.Connection.negotiate_capabilities,
-                                  **{'connection.blocked': False})
+    _METHODS = dict(amqp.Connection._METHODS)
+    _METHODS[spec.Connection.Blocked] = spec.method(
+        spec.Connection.Blocked, 's')
+
+    blocked = None
+
+    def _on_blocked(self, reason=''):
+        self.blocked = reason or 'no reason given'
+        if self.on_blocked:
+            return self.on_blocked(self.blocked)
+
+    def _on_unblocked(self):
+        self.blocked = None
+        if self.on_unblocked:
+            return self.on_unblocked()
+
+
+class PublisherConnection(BlockAwareConnection):
+    """A connection that negotiates ``connection.blocked`` but keeps
+    py-amqp's basic_publish from draining the socket for it.
+
+    py-amqp's basic_publish looks at the ``capabilities`` of
+    ``client_properties`` and, when ``connection.blocked`` is on there,
+    first drains the socket with a zero timeout (three system calls and
+    two exceptions, about a third of a publish's CPU time). The broker
+    only needs the capability in the ``connection.start-ok`` it got
+    during the handshake: afterwards the connection keeps a copy without
+    it. Publishers call ``Readiness.poll`` instead, which reads only when
+    the broker sent something, so ``connection.blocked`` and a channel
+    or connection the broker closed are still seen before the next
+    message goes out.
+    """
+
+    #: What the broker was told (``client_properties`` hides it later).
+    sent_capabilities = None
+
+    def _on_start(self, *args, **kwargs):
+        result = super()._on_start(*args, **kwargs)
+        sent = self.client_properties.get('capabilities', {})
+        self.sent_capabilities = dict(sent)
+        self.client_properties = dict(self.client_properties, capabilities={
+            name: value for name, value in sent.items()
+            if name != 'connection.blocked'})
+        return result
 
 
 class Readiness:
@@ -96,4 +139,25 @@ def connection_class(mode, publisher, ssl):
         return ConsumerConnection
     if publisher and not ssl and hasattr(select, 'poll'):
         return PublisherConnection
+    if publisher:
+        return BlockAwareConnection     # py-amqp drains before publishing
     return amqp.Connection
+
+
+def set_write_timeout(sock, seconds):
+    """Let a write on ``sock`` fail after about ``seconds`` seconds.
+
+    ``SO_SNDTIMEO`` bounds each blocked ``send``; ``TCP_USER_TIMEOUT``
+    (Linux) is how long sent data may stay unacknowledged (including a
+    peer that keeps its window at zero) before the kernel drops the
+    connection. py-amqp sets the latter to 1 s, which drops a connection
+    as soon as a broker stops reading for a second (as RabbitMQ does
+    while it blocks publishers); here both follow ``seconds``.
+    """
+    sec = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack('ll', sec, int((seconds - sec) * 1e6)))
+    option = getattr(socket, 'TCP_USER_TIMEOUT', None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option,
+                        max(1, int(seconds * 1000)))

@@ -22,13 +22,16 @@ def test_consumer_connection_reads_ahead(props, start):
     assert got == list(range(500))
 
 
-def test_producer_connection_skips_blocked_capability(props):
+def test_producer_negotiates_blocked_without_py_amqp_draining(props):
     producer = AMQPProducer('pc', props)
     producer('x')
     py_amqp = producer.connection.connection
     assert isinstance(py_amqp, PublisherConnection)
+    # the broker was told: it sends connection.blocked to this connection
+    assert py_amqp.sent_capabilities['connection.blocked'] is True
+    # py-amqp's basic_publish no longer sees it, so it does not drain
     capabilities = py_amqp.client_properties['capabilities']
-    assert capabilities['connection.blocked'] is False
+    assert 'connection.blocked' not in capabilities
     producer.close()
 
 
@@ -41,6 +44,7 @@ def test_producer_notices_a_channel_the_broker_closed(props, start, admin,
     producer('lost: the exchange is gone')   # broker closes the channel
     start(AMQPConsumer('gone', props, got.append))
     producer('after')       # the poll raises 404, the producer reconnects
-    assert wait_for(lambda: got == ['after'])
+    # and publishes the unconfirmed message again before the new one
+    assert wait_for(lambda: got == ['lost: the exchange is gone', 'after'])
     assert any('reconnecting' in r.getMessage() for r in caplog.records)
     producer.close()

@@ -1,0 +1,183 @@
+"""ConfirmWindow: the messages a producer sent and the broker has not
+confirmed yet, in publishing order.
+
+No network here: the producer feeds it the delivery tags it published
+with and the broker's ``basic.ack`` / ``basic.nack`` / ``basic.return``,
+and asks it what to send again after a reconnect and what timed out.
+
+On a confirm-mode channel the broker numbers the messages 1, 2, 3 ...
+(delivery tags) and confirms them, usually several at once
+(``multiple``: every tag up to this one). The messages of the current
+channel wait in a deque in tag order, so the tag of ``pending[i]`` is
+``first_tag + i``: a multiple ack pops from the left, a single ack marks
+one record and pops what is settled from the left. When the channel is
+lost, its unconfirmed messages become ``orphans``, to be published again,
+first and in order, on the next channel.
+"""
+import collections
+
+#: Record states that end a record's wait.
+ACK, NACK, RETURNED, TIMEOUT, FAILED = (
+    'ack', 'nack', 'returned', 'timeout', 'failed')
+
+
+class Record:
+    """One published message waiting for its confirm.
+
+    ``waited``: a caller will look at ``state`` and raise (a
+    ``confirm=True`` call, a batch, a flush); otherwise the window
+    reports a failure through its ``report`` function.
+    """
+
+    __slots__ = ('msg', 'key', 'batch', 'state', 'reply', 'sends',
+                 'deadline', 'waited')
+
+    def __init__(self, msg, key, deadline, waited=False, batch=None):
+        self.msg = msg
+        self.key = key
+        self.batch = batch
+        self.deadline = deadline
+        self.waited = waited
+        self.state = None
+        self.reply = None
+        self.sends = 0
+
+    @property
+    def message_id(self):
+        return self.msg.properties.get('message_id')
+
+    def resolve(self, state):
+        """Settle the record once; later answers are ignored."""
+        if self.state is not None:
+            return False
+        self.state = state
+        if self.batch is not None:
+            self.batch.outstanding -= 1
+        return True
+
+    def __repr__(self):
+        return f'<Record {self.message_id} {self.state or "pending"}>'
+
+
+class ConfirmWindow:
+    """At most ``size`` unconfirmed records of one producer.
+
+    ``report(records, state)`` is called with records that ended
+    without an ack and that no caller waits for (to be logged).
+    """
+
+    def __init__(self, size, report=None):
+        if size < 1:
+            raise ValueError(f'window must be at least 1, got {size!r}')
+        self.size = size
+        self.report = report
+        self.pending = collections.deque()  # sent on this channel
+        self.next_tag = 1
+        self.orphans = collections.deque()  # of lost channels, to resend
+        self.returned = {}                  # message id -> reply text
+
+    def __len__(self):
+        return len(self.pending) + len(self.orphans)
+
+    @property
+    def full(self):
+        return len(self.pending) + len(self.orphans) >= self.size
+
+    @property
+    def first_tag(self):
+        return self.next_tag - len(self.pending)
+
+    def sent(self, record):
+        """``record`` was published with the next delivery tag."""
+        record.sends += 1
+        self.pending.append(record)
+        self.next_tag += 1
+
+    def ack(self, tag, multiple=False):
+        self.settle(tag, multiple, ACK)
+
+    def nack(self, tag, multiple=False):
+        self.settle(tag, multiple, NACK)
+
+    def settle(self, tag, multiple, state):
+        pending = self.pending
+        failed = []
+        if multiple:
+            for _ in range(min(tag - self.first_tag + 1, len(pending))):
+                self._resolve(pending.popleft(), state, failed)
+        else:
+            index = tag - self.first_tag
+            if 0 <= index < len(pending):
+                self._resolve(pending[index], state, failed)
+            while pending and pending[0].state is not None:
+                pending.popleft()
+        if failed:
+            self._report(failed, failed[0].state)
+
+    def _resolve(self, record, state, failed):
+        reply = self.returned.pop(record.message_id, None) \
+            if self.returned else None
+        if reply is not None and state == ACK:
+            record.reply, state = reply, RETURNED
+        if record.resolve(state) and state != ACK and not record.waited:
+            failed.append(record)
+
+    def returned_message(self, message_id, reply):
+        """basic.return: its ack follows; it then counts as returned."""
+        self.returned[message_id] = reply
+
+    def channel_lost(self):
+        """The channel is gone: what it did not confirm is sent again."""
+        unconfirmed = [r for r in self.pending if r.state is None]
+        unconfirmed.extend(r for r in self.orphans if r.state is None)
+        self.orphans = collections.deque(unconfirmed)
+        self.pending.clear()
+        self.next_tag = 1
+        self.returned.clear()
+        return len(unconfirmed)
+
+    def next_orphan(self, now):
+        """The next record to publish again, or None; drops settled and
+        expired ones (reporting the latter)."""
+        orphans = self.orphans
+        while orphans:
+            record = orphans[0]
+            if record.state is not None:
+                orphans.popleft()
+            elif record.deadline <= now:
+                orphans.popleft()
+                self._expire([record])
+            else:
+                return record
+        return None
+
+    def expire(self, now):
+        """Time out the records whose deadline passed (oldest first)."""
+        expired = []
+        for queue in (self.orphans, self.pending):
+            while queue and (queue[0].state is not None
+                             or queue[0].deadline <= now):
+                record = queue.popleft()
+                if record.state is None:
+                    expired.append(record)
+        if expired:
+            self._expire(expired)
+
+    def _expire(self, records):
+        failed = [r for r in records if r.resolve(TIMEOUT) and not r.waited]
+        if failed:
+            self._report(failed, TIMEOUT)
+
+    def give_up(self, records, state=TIMEOUT):
+        """A waiting caller ends its wait: unsettled ``records`` fail."""
+        for record in records:
+            record.resolve(state)
+
+    def unsettled(self):
+        """Every record not settled yet, in publishing order."""
+        return [r for r in list(self.orphans) + list(self.pending)
+                if r.state is None]
+
+    def _report(self, records, state):
+        if self.report is not None:
+            self.report(records, state)
