@@ -41,6 +41,8 @@ from struct import unpack_from
 from zlib import crc32
 
 from amqp import spec
+from amqp.channel import Channel
+from amqp.connection import Connection
 from amqp.basic_message import Message
 from amqp.exceptions import FrameSyntaxError
 from amqp.exceptions import UnexpectedFrame
@@ -148,10 +150,11 @@ class FrameHandler:
         partial = self.partial
         discarding = self.discarding
         max_size = (1 << 64) if self.max_size is None else self.max_size
-        # a table nesting n levels takes 5 * n bytes at least: shorter
-        # headers need no look at their depth
+        # below the headers table, each level takes a type byte F or A
+        # and a length: 5 bytes at least. Shorter headers, and those with
+        # fewer F and A bytes than levels, need no look at their depth.
         max_depth = self.max_depth
-        deep = (1 << 64) if max_depth is None else 14 + 5 * max_depth
+        deep = (1 << 64) if max_depth is None else 14 + 5 * (max_depth - 1)
         header_fault = self._header_fault
         bad_args = self._bad_args
 
@@ -200,7 +203,7 @@ class FrameHandler:
                 msg.body_size = body_size
                 msg.zamqp_key = (body_size, crc32(buf))
                 if (len(buf) > deep and buf[12] & 0x20
-                        and buf.count(b'F') + buf.count(b'A') > max_depth):
+                        and buf.count(b'F') + buf.count(b'A') >= max_depth):
                     header_fault(msg, buf, class_id)
                 else:
                     try:
@@ -286,8 +289,10 @@ class FrameHandler:
 
     def _arg_format(self, channel, method_sig):
         conn = self.connection
-        owner = conn if channel == 0 else (conn.channels or {}).get(channel)
-        methods = getattr(owner, '_METHODS', None) or {}
+        owner = conn if channel == 0 else \
+            (getattr(conn, 'channels', None) or {}).get(channel)
+        methods = getattr(owner, '_METHODS', None) or (
+            Connection._METHODS if channel == 0 else Channel._METHODS)
         method = methods.get(method_sig)
         return getattr(method, 'args', None)
 
