@@ -1,0 +1,153 @@
+"""Supervised consumers: zamqp's own errors never end or wedge them."""
+import logging
+
+import pytest
+
+from zamqp import AMQPConsumer
+from zamqp import AMQPProducer
+from zamqp import deadletter
+from zamqp import session as session_module
+from zamqp.testhelpers import unique
+from zamqp.testhelpers import wait_for
+
+
+@pytest.fixture
+def producer(props):
+    producer = AMQPProducer('q', props)
+    yield producer
+    producer.close()
+
+
+def dead_letters(admin, props):
+    return admin.take(props.exchange + '.dead')
+
+
+def test_decoder_crash_dead_letters_the_message_and_goes_on(
+        props, start, producer, admin, caplog, monkeypatch):
+    got = []
+    consumer = AMQPConsumer(unique('crash'), props, got.append, shared=True)
+    decode = consumer.decoder.decode
+
+    def broken(body, properties, allow=None):
+        value = decode(body, properties, allow)
+        if value == 'poison':
+            raise TypeError('a bug in zamqp')   # not a MessageRefused
+        return value
+
+    monkeypatch.setattr(consumer.decoder, 'decode', broken)
+    thread = start(consumer)
+    for body in ('before', 'poison', 'after'):
+        producer(body, routing_key=consumer.queue)
+    try:
+        assert wait_for(lambda: got == ['before', 'after'])
+        assert thread.is_alive() and thread.worker.is_alive()
+        dead = []
+        assert wait_for(lambda: dead.extend(dead_letters(admin, props))
+                        or dead)
+        assert dead[0].headers[deadletter.ERROR] == \
+            'TypeError: a bug in zamqp'
+        status = consumer.status()
+        assert status['crashes'] == 1 and status['handled'] == 2
+        assert status['dead_lettered'] == 1
+        assert status['state'] == 'consuming'
+        crashes = [r for r in caplog.records
+                   if 'unexpected error on message' in r.getMessage()]
+        assert len(crashes) == 1 and crashes[0].exc_info
+        assert 'the consumer goes on' in crashes[0].getMessage()
+    finally:
+        admin.delete_queue(consumer.queue)
+
+
+def test_session_crash_reconnects_and_nothing_is_lost(
+        props, start, producer, admin, caplog, monkeypatch):
+    got = []
+    consumer = AMQPConsumer(unique('session'), props, got.append,
+                            shared=True)
+    thread = start(consumer)
+    settle = session_module.Session.settle
+    crashes = []
+
+    def flaky(self):
+        if not crashes and self.worker.results:
+            crashes.append(1)
+            raise KeyError('a bug in the session loop')
+        settle(self)
+
+    monkeypatch.setattr(session_module.Session, 'settle', flaky)
+    try:
+        for n in range(20):
+            producer(n, routing_key=consumer.queue)
+        # the first results were dropped with the connection: those
+        # messages are redelivered (at least once), none is lost
+        assert wait_for(lambda: set(got) == set(range(20)), timeout=10)
+        assert wait_for(lambda: consumer.status()['reconnects'] == 1)
+        assert thread.is_alive()
+        status = consumer.status()
+        assert status['crashes'] == 1
+        assert status['state'] == 'consuming'
+        logged = [r for r in caplog.records
+                  if 'a bug in zamqp' in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info
+        assert 'reconnecting' in logged[0].getMessage()
+        assert wait_for(lambda: admin.queue_depth(consumer.queue) == 0)
+    finally:
+        admin.delete_queue(consumer.queue)
+
+
+def test_a_dead_worker_is_replaced(props, start, producer, caplog):
+    got = []
+    consumer = AMQPConsumer(unique('worker'), props, got.append)
+    thread = start(consumer)
+    first = thread.worker
+    first.inbox.put(None)           # ends it, as a crash would
+    assert wait_for(lambda: thread.worker is not first
+                    and thread.worker.is_alive(), timeout=5)
+    assert wait_for(lambda: consumer.status()['reconnects'] == 1)
+    assert consumer.status()['crashes'] == 1
+    producer('after', routing_key=consumer.queue)
+    assert wait_for(lambda: got == ['after'])
+    assert thread.is_alive()
+    assert any('worker thread ended unexpectedly' in r.getMessage()
+               for r in caplog.records)
+
+
+def test_handler_raising_system_exit_does_not_end_the_worker(
+        props, start, producer):
+    got = []
+
+    def handler(body):
+        if body == 'exit':
+            raise SystemExit(3)
+        got.append(body)
+
+    consumer = AMQPConsumer(unique('exit'), props, handler)
+    thread = start(consumer)
+    for body in ('exit', 'after'):
+        producer(body, routing_key=consumer.queue)
+    assert wait_for(lambda: got == ['after'])
+    assert thread.worker.is_alive()
+    assert consumer.status()['failed'] == 1
+
+
+def test_stopped_consumer_reports_stopped_and_is_not_alive(props, start):
+    consumer = AMQPConsumer(unique('state'), props, print)
+    thread = start(consumer)
+    assert thread.is_alive() and consumer.status()['state'] == 'consuming'
+    assert not consumer.stop_requested
+    assert thread.stop()
+    assert consumer.stop_requested and not thread.is_alive()
+    assert consumer.status()['state'] == 'stopped'
+
+
+def test_is_alive_is_false_once_the_consumer_failed(make_props):
+    props = make_props(user='nobody', password='wrong')
+    consumer = AMQPConsumer(unique('failed'), props, print)
+    from zamqp import AMQPThread
+    from zamqp import ConnectionFailed
+    thread = AMQPThread(consumer)
+    with pytest.raises(ConnectionFailed):
+        thread.start()
+    assert not thread.is_alive()
+    status = consumer.status()
+    assert status['state'] == 'failed'
+    assert 'refused the login' in status['last_error']
