@@ -4,12 +4,8 @@ import select
 import socket
 import time
 
+from zamqp import frames
 from zamqp.settlement import Settlement
-
-try:
-    from zamqp import frames
-except ImportError:     # pragma: no cover (until zamqp.frames lands)
-    frames = None
 
 logger = logging.getLogger('zamqp')
 
@@ -57,8 +53,7 @@ class Session:
         consumer, channel = self.consumer, self.channel
         if consumer.prefetch:
             channel.basic_qos(0, consumer.prefetch, False)
-        if frames is not None:
-            self.frames = frames.install(self.conn, consumer.decoder.max_size)
+        self.frames = frames.install(self.conn, consumer.decoder.max_size)
         self.consumer_tag = channel.basic_consume(
             consumer.queue_name, callback=self.take, no_ack=False)
         heartbeat = self.conn.heartbeat
@@ -69,7 +64,7 @@ class Session:
 
     def current(self):
         """The delivery the frame handler works on, or None."""
-        return getattr(self.frames, 'current', None)
+        return self.frames.current if self.frames is not None else None
 
     def run(self, stopping):
         """Consume until ``stopping`` is set, then finish cleanly."""
