@@ -5,6 +5,7 @@ import threading
 import zope.event
 from zope.interface import implementer
 
+from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IAMQPEvent
 from zamqp.producer import AMQPProducer
 
@@ -106,7 +107,10 @@ def close_producers():
         producers = list(_producers.values())
         _producers.clear()
     for producer in producers:
-        producer.close()
+        try:
+            producer.close()
+        except PublishFailed:
+            pass        # close() logged the unconfirmed messages
 
 
 class AMQPEventCallback:

@@ -36,9 +36,13 @@ Savepoints
     savepoints are not needed for it.
 
 Confirms
-    The messages of one producer are published, in call order, as one
-    batch (``producer.batch()``): a producer made with ``confirm=True``
-    sends them all and then waits once for the broker's confirms.
+    A producer made with ``confirm=True`` publishes the messages of one
+    transaction, in call order, as one batch (``producer.batch()``): it
+    sends them all and then waits once for the broker's confirms. A
+    default producer (``confirm=None``) does not wait: the messages join
+    its window of unconfirmed messages, are published again after a
+    reconnect, and one that the broker nacks or does not confirm within
+    ``confirm_timeout`` is logged at ERROR with its id.
 
 Failures
     The after-commit hook never raises: a message that cannot be
@@ -232,8 +236,8 @@ def _open_batch(producer):
     wait for their confirms once, at the end; None for producers
     without batches."""
     make = getattr(producer, 'batch', None)
-    if make is None:
-        return None
+    if make is None or getattr(producer, 'confirm', True) is not True:
+        return None     # default producers: their window logs failures
     batch = make()
     batch.__enter__()
     return batch

@@ -1,0 +1,252 @@
+"""No silent loss on publish: producers publish continuously through a
+memory alarm, a disk alarm (a private RabbitMQ node) and a silent
+network stall (a TCP proxy); afterwards every message whose call
+returned normally was received, or was logged at ERROR by its id.
+
+Each scenario prints one line of figures per producer: sent (calls that
+returned normally), raised, logged as failed, received, lost (returned
+normally, never received, never logged), duplicates, the slowest call
+and the recovery time (from the alarm or stall ending to the next call
+that returned normally). They are listed again at the end of the run.
+"""
+import logging
+import re
+import threading
+import time
+
+import pytest
+import transaction
+
+from zamqp import AMQPProducer
+from zamqp import AMQPProps
+from zamqp.exceptions import PublishBlocked
+from zamqp.exceptions import PublishFailed
+from zamqp.testhelpers import Admin
+from zamqp.testhelpers import unique
+from zamqp.tests import brokers
+from zamqp.tests.proxy import Proxy
+
+pytestmark = pytest.mark.skipif(
+    brokers.missing(), reason='RabbitMQ is not installed on this machine '
+    '(ZAMQP_TEST_URL points elsewhere); CI requires it')
+
+FIGURES = []
+ALARM = 60.0        # seconds each alarm lasts
+STALL = 30.0        # seconds the proxy stalls
+TIMEOUT = 5.0       # the producers' confirm_timeout
+
+
+@pytest.fixture(scope='module')
+def broker():
+    node = brokers.PrivateBroker()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def figures(request):
+    yield
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin('terminalreporter')
+    capture = plugins.get_plugin('capturemanager')
+    if reporter is None or capture is None or not FIGURES:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line('')
+        for line in FIGURES:
+            reporter.write_line(f'zamqp figures: {line}')
+    del FIGURES[:]
+
+
+class Errors(logging.Handler):
+    """Collects the zamqp ERROR lines (they name failed message ids)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger('zamqp').addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        logging.getLogger('zamqp').removeHandler(self)
+
+
+class Stream(threading.Thread):
+    """One producer publishing numbers to a durable queue of its own
+    until stopped; ``kind`` is 'default', 'confirm' or 'commit'."""
+
+    def __init__(self, kind, props, admin):
+        super().__init__(name=f'stream-{kind}', daemon=True)
+        self.kind = kind
+        self.queue = unique(f'zamqp.test.rel.{kind}')
+        admin.channel.queue_declare(self.queue, durable=True,
+                                    auto_delete=False)
+        admin.channel.queue_bind(self.queue, props.exchange, self.queue)
+        options = dict(confirm=True) if kind == 'confirm' else \
+            dict(transactional=True) if kind == 'commit' else {}
+        self.producer = AMQPProducer(self.queue, props, persistent=True,
+                                     confirm_timeout=TIMEOUT, **options)
+        self.ok = []                # (time, message id) returned normally
+        self.raised = []            # exceptions
+        self.slowest = 0.0
+        self.stopping = threading.Event()
+        self.close_error = None
+
+    def run(self):
+        n = 0
+        manager = transaction.manager
+        while not self.stopping.is_set():
+            n += 1
+            began = time.monotonic()
+            try:
+                if self.kind == 'commit':
+                    manager.begin()
+                    message_id = self.producer(n)
+                    manager.commit()
+                else:
+                    message_id = self.producer(n)
+            except PublishFailed as exc:
+                self.raised.append(exc)
+                time.sleep(0.05)
+            else:
+                self.ok.append((time.monotonic(), message_id))
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            if n % 20 == 0:
+                time.sleep(0.001)   # let the other streams in
+        try:
+            self.producer.close()
+        except PublishFailed as exc:
+            self.close_error = exc
+
+    def stop(self):
+        self.stopping.set()
+        self.join(3 * TIMEOUT + 30)
+        assert not self.is_alive(), f'{self.kind} stream did not stop'
+
+    def account(self, admin, errors, scenario, cleared):
+        """Count, print and return the figures; lost must be 0."""
+        received = [m.properties.get('message_id')
+                    for m in admin.take(self.queue)]
+        admin.delete_queue(self.queue)
+        prefix = self.producer._id_prefix
+        logged = set()
+        for line in errors.lines:
+            logged.update(re.findall(rf'{prefix}-\d+', line))
+        ok = [message_id for _, message_id in self.ok]
+        got = set(received)
+        lost = [i for i in ok if i not in got and i not in logged]
+        recovery = min((t - cleared for t, _ in self.ok if t >= cleared),
+                       default=float('nan'))
+        figures = dict(
+            sent=len(ok), raised=len(self.raised), logged=len(logged),
+            received=len(got), lost=len(lost),
+            duplicates=len(received) - len(got),
+            slowest=round(self.slowest, 2), recovery=round(recovery, 2))
+        line = f'{scenario} {self.kind}: ' + ', '.join(
+            f'{k} {v}' for k, v in figures.items())
+        print(line)
+        FIGURES.append(line)
+        assert not lost, f'{line}; lost without an error: {lost[:10]}'
+        return figures
+
+
+def run_streams(props, url, kinds, fault, restore, scenario):
+    admin = Admin(url)
+    admin.channel.exchange_declare(props.exchange, 'direct', durable=True,
+                                   auto_delete=False)
+    try:
+        with Errors() as errors:
+            streams = [Stream(kind, props, admin) for kind in kinds]
+            for stream in streams:
+                stream.start()
+            time.sleep(3)
+            fault()
+            restore()
+            cleared = time.monotonic()
+            time.sleep(2 * TIMEOUT)
+            for stream in streams:
+                stream.stop()
+        results = {s.kind: (s, s.account(admin, errors, scenario, cleared))
+                   for s in streams}
+        return results, errors
+    finally:
+        admin.channel.exchange_delete(props.exchange)
+        admin.close()
+
+
+def alarm(broker, set_args, clear_args, seconds=ALARM):
+    def fault():
+        broker.ctl(*set_args)
+        time.sleep(seconds)
+
+    def restore():
+        broker.ctl(*clear_args)
+    return fault, restore
+
+
+def check_blocked(results, errors, reason):
+    for kind in ('default', 'confirm'):
+        stream, figures = results[kind]
+        blocked = [e for e in stream.raised
+                   if isinstance(e, PublishBlocked)]
+        assert blocked, f'{kind}: no PublishBlocked during the alarm'
+        assert all(e.reason == reason and reason in str(e)
+                   for e in blocked)
+        assert figures['sent'] > 0 and figures['recovery'] < 3 * TIMEOUT
+    # the publish-on-commit producer's after-commit hook logs it
+    assert any(reason in line for line in errors.lines)
+    assert results['commit'][1]['recovery'] < 3 * TIMEOUT
+
+
+@pytest.mark.timeout(ALARM + 120)
+def test_memory_alarm_loses_nothing_silently(broker):
+    props = AMQPProps(url=broker.url, exchange=unique(), type='direct',
+                      timeout=TIMEOUT, connect_timeout=3)
+    fault, restore = alarm(
+        broker, ('set_vm_memory_high_watermark', '0.0000001'),
+        ('set_vm_memory_high_watermark', '0.4'))
+    results, errors = run_streams(props, broker.url,
+                                  ('default', 'confirm', 'commit'),
+                                  fault, restore, 'memory alarm')
+    check_blocked(results, errors, 'low on memory')
+
+
+@pytest.mark.timeout(ALARM + 120)
+def test_disk_alarm_loses_nothing_silently(broker):
+    props = AMQPProps(url=broker.url, exchange=unique(), type='direct',
+                      timeout=TIMEOUT, connect_timeout=3)
+    fault, restore = alarm(broker, ('set_disk_free_limit', '1000GB'),
+                           ('set_disk_free_limit', '50MB'))
+    results, errors = run_streams(props, broker.url,
+                                  ('default', 'confirm', 'commit'),
+                                  fault, restore, 'disk alarm')
+    check_blocked(results, errors, 'low on disk')
+
+
+@pytest.mark.timeout(STALL + 120)
+def test_silent_stall_loses_nothing_silently(broker):
+    with Proxy(broker.port, lifetime=STALL + 100) as proxy:
+        props = AMQPProps(host='127.0.0.1', port=proxy.port,
+                          exchange=unique(), type='direct',
+                          timeout=TIMEOUT, connect_timeout=3)
+
+        def fault():
+            proxy.stall()
+            time.sleep(STALL)
+        results, errors = run_streams(
+            props, broker.url, ('default', 'confirm', 'commit'), fault,
+            proxy.resume, 'stall 30 s')
+    for kind in ('default', 'confirm'):
+        stream, figures = results[kind]
+        assert stream.raised, f'{kind}: a 30 s stall raised nothing'
+        # a stalled write or confirm is noticed within about the timeout
+        assert figures['slowest'] < 4 * TIMEOUT + 5
+        assert figures['recovery'] < 4 * TIMEOUT + 5
