@@ -89,7 +89,17 @@ class InboundMessage(Message):
 
     __slots__ = ()
     zamqp_fault = None
-    zamqp_key = None
+    zamqp_header = None     # the raw content header payload
+
+    @property
+    def zamqp_key(self):
+        """``(body size, CRC-32 of the raw content header)``, None before
+        the header came: the same for a redelivery of the same content,
+        known without decoding anything."""
+        header = self.zamqp_header
+        if header is None:
+            return None
+        return self.body_size, crc32(header)
 
 
 def install(connection, max_size=None, max_depth=HEADER_DEPTH):
@@ -124,7 +134,6 @@ class FrameHandler:
         self.discarding = set()     # channels whose body is dropped
         self.faults = 0             # messages passed on with a fault
         self.discarded = 0          # body bytes dropped (over max_size)
-        self._current = None        # (channel, message) or None
         self.on_frame = self._make_on_frame()
 
     def __call__(self, frame):
@@ -132,7 +141,7 @@ class FrameHandler:
 
     @property
     def current(self):
-        current = self._current
+        current = self._dispatching()
         if current is None:
             if not self.partial:
                 return None
@@ -157,11 +166,18 @@ class FrameHandler:
         deep = (1 << 64) if max_depth is None else 14 + 5 * (max_depth - 1)
         header_fault = self._header_fault
         bad_args = self._bad_args
+        current_channel = current = None      # the message being dispatched
 
-        def on_frame(frame, unpack_from=unpack_from, crc32=crc32,
-                     Message=InboundMessage, deliver=DELIVER,
+        def dispatching():
+            return None if current is None else (current_channel, current)
+
+        self._dispatching = dispatching
+
+        def on_frame(frame, unpack_from=unpack_from,
+                     Message=InboundMessage,
                      content_methods=_CONTENT_METHODS,
                      StructError=StructError):
+            nonlocal current_channel, current
             frame_type, channel, buf = frame
             connection.bytes_recv += 1
             want = expected[channel]
@@ -201,7 +217,7 @@ class FrameHandler:
                         f'content header of {len(buf)} bytes on channel '
                         f'{channel}: too short for a body size') from None
                 msg.body_size = body_size
-                msg.zamqp_key = (body_size, crc32(buf))
+                msg.zamqp_header = buf
                 if (len(buf) > deep and buf[12] & 0x20
                         and buf.count(b'F') + buf.count(b'A') >= max_depth):
                     header_fault(msg, buf, class_id)
@@ -227,7 +243,7 @@ class FrameHandler:
                         f'{channel}') from None
                 if method_sig in content_methods:
                     msg = Message(frame_method=method_sig, frame_args=buf)
-                    if method_sig != deliver:
+                    if buf[3] != 60:          # not Deliver
                         handler._check_args(channel, msg)
                     partial[channel] = msg
                     expected[channel] = 2
@@ -241,12 +257,12 @@ class FrameHandler:
                 return False        # a heartbeat (bytes_recv counted it)
             expected[channel] = 1
             del partial[channel]
-            handler._current = channel, msg
+            current_channel, current = channel, msg
             try:
                 callback(channel, msg.frame_method, msg.frame_args, msg)
             except UnicodeDecodeError as exc:
                 bad_args(channel, msg.frame_method, msg.frame_args, msg, exc)
-            handler._current = None
+            current = None
             return True
 
         return on_frame
