@@ -131,6 +131,18 @@ def _connect_to(address, props, heartbeat, factory):
     return conn
 
 
+def _exclusive(exclusive, durable):
+    """The exclusive flag of a queue: transient queues are exclusive."""
+    if exclusive is None:
+        return not durable
+    if not exclusive and not durable:
+        raise ConfigurationError(
+            "exclusive=False with durable=False would declare a transient, "
+            "shared queue, which RabbitMQ 4 refuses: give durable=True, or "
+            "leave exclusive unset")
+    return exclusive
+
+
 def _quietly(func, *args):
     try:
         func(*args)
@@ -145,7 +157,10 @@ class AMQPConnection:
     ``mode='w'`` only declares the exchange. ``mode='r'`` also declares
     the queue named ``queue`` and binds it to the exchange with
     ``routing_key`` (default: the queue name); ``exclusive``,
-    ``durable`` and ``auto_delete`` are the queue's flags. Exchanges are
+    ``durable`` and ``auto_delete`` are the queue's flags (a queue that
+    is not durable is exclusive unless ``exclusive=False`` is given,
+    which raises: RabbitMQ 4 refuses transient non-exclusive queues).
+    Exchanges are
     declared durable and never auto-deleted, so a producer's exchange
     cannot vanish under it when the last consumer leaves.
 
@@ -157,7 +172,7 @@ class AMQPConnection:
     """
 
     def __init__(self, queue, props, mode='w', routing_key=None,
-                 exclusive=False, durable=False, auto_delete=True,
+                 exclusive=None, durable=False, auto_delete=True,
                  heartbeat=None, publisher=False):
         if mode not in ('r', 'w'):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
@@ -165,8 +180,8 @@ class AMQPConnection:
         self.props = props
         self.mode = mode
         self.routing_key = queue if routing_key is None else routing_key
-        self.queue_flags = dict(exclusive=exclusive, durable=durable,
-                                auto_delete=auto_delete)
+        self.queue_flags = dict(exclusive=_exclusive(exclusive, durable),
+                                durable=durable, auto_delete=auto_delete)
         if heartbeat is None:
             heartbeat = props.heartbeat if mode == 'r' else 0
         self.heartbeat = heartbeat

@@ -496,3 +496,14 @@ def test_password_never_shown(caplog):
         thread.start()
     assert SECRET not in str(info.value)
     assert SECRET not in caplog.text
+
+
+def test_read_connections_declare_no_transient_shared_queue(props):
+    from zamqp import AMQPConnection
+    assert AMQPConnection('q', props, mode='r').queue_flags['exclusive']
+    durable = AMQPConnection('q', props, mode='r', durable=True)
+    assert not durable.queue_flags['exclusive']
+    with pytest.raises(ConfigurationError) as info:
+        AMQPConnection('q', props, mode='r', exclusive=False)
+    assert 'RabbitMQ 4' in str(info.value) and 'durable=True' in \
+        str(info.value)

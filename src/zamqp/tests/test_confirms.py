@@ -33,9 +33,10 @@ def direct(make_props, admin):
     channel.exchange_declare(props.exchange, 'direct', durable=True,
                              auto_delete=False)
     queues = {'q': f'{props.exchange}.q', 'full': f'{props.exchange}.full'}
-    channel.queue_declare(queues['q'], auto_delete=False)
-    channel.queue_declare(queues['full'], auto_delete=False, arguments={
-        'x-max-length': 1, 'x-overflow': 'reject-publish'})
+    channel.queue_declare(queues['q'], durable=True, auto_delete=False)
+    channel.queue_declare(queues['full'], durable=True, auto_delete=False,
+                          arguments={'x-max-length': 1,
+                                     'x-overflow': 'reject-publish'})
     for key, queue in queues.items():
         channel.queue_bind(queue, props.exchange, key)
     channel.basic_publish(amqp.Message(b'filler'), props.exchange, 'full')

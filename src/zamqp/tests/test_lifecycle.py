@@ -187,7 +187,8 @@ def test_channel_is_lazy_write_mode(make_props, admin):
 def test_channel_is_lazy_read_mode(make_props, admin):
     props = make_props(type='direct')
     name = f'lazy-{props.exchange}'
-    conn = AMQPConnection(name, props, mode='r', routing_key='key')
+    conn = AMQPConnection(name, props, mode='r', routing_key='key',
+                          durable=True, auto_delete=False)
     assert conn.connection is None
     assert not admin.queue_exists(name)
     try:

@@ -24,7 +24,7 @@ def queue(make_props, admin):
     admin.channel.exchange_declare(props.exchange, 'direct', durable=True,
                                    auto_delete=False)
     name = f'{props.exchange}.q'
-    admin.channel.queue_declare(name, auto_delete=False)
+    admin.channel.queue_declare(name, durable=True, auto_delete=False)
     admin.channel.queue_bind(name, props.exchange, 'q')
     props.queue = name
     yield props
