@@ -424,6 +424,8 @@ class AMQPConsumer:
             else:
                 self.callback(body)
         except BaseException as exc:    # a handler's SystemExit too
+            if self._given_back(message, exc):
+                return
             self._callback_failed(message, exc)
             return
         self.stats.count('handled')
@@ -441,6 +443,21 @@ class AMQPConsumer:
         if exhausted:
             raise MessageRefused(f'not handled again: it {exhausted}')
         return self.decoder(message)
+
+    def _given_back(self, message, exc):
+        """Whether the consumer had given ``message`` back (stop deadline
+        passed, channel lost) before its handler ended: then the handler's
+        error is the consequence (zamqp.zopecontext aborts), not a
+        failure; the message comes again from the queue."""
+        delivery = self.worker.current
+        if delivery is None or not delivery.abandoned():
+            return False
+        logger.warning('consumer %s: the handler of message %s ended after '
+                       'the message was given back (%s: %s); it is handled '
+                       'again when redelivered', self.queue_name,
+                       _message_id(message), type(exc).__name__,
+                       loggable(exc, 200))
+        return True
 
     def _refused(self, message, exc):
         verdict, fate = self.policy.on_refused()

@@ -151,3 +151,37 @@ def test_is_alive_is_false_once_the_consumer_failed(make_props):
     status = consumer.status()
     assert status['state'] == 'failed'
     assert 'refused the login' in status['last_error']
+
+
+def test_handler_outliving_stop_sees_its_message_given_back(
+        props, producer, admin, caplog):
+    import threading
+    from zamqp import AMQPThread
+    from zamqp.worker import current_delivery
+    entered, release, seen = threading.Event(), threading.Event(), []
+
+    def slow(body):
+        entered.set()
+        release.wait(5)
+        seen.append(current_delivery().abandoned())
+        raise RuntimeError('aborted: given back')
+
+    consumer = AMQPConsumer(unique('slow'), props, slow, shared=True)
+    thread = AMQPThread(consumer)
+    thread.start()
+    try:
+        producer('slow', routing_key=consumer.queue)
+        assert entered.wait(5)
+        assert not thread.stop(timeout=0.5)     # the handler still runs
+        release.set()
+        assert wait_for(lambda: seen == [True])
+        assert wait_for(lambda: not threading.Thread.is_alive(thread))
+        assert consumer.status()['failed'] == 0
+        assert consumer.status()['retried'] == 0
+        logged = [r for r in caplog.records
+                  if 'after the message was given back' in r.getMessage()]
+        assert len(logged) == 1 and logged[0].levelname == 'WARNING'
+        assert wait_for(lambda: admin.queue_depth(consumer.queue) == 1)
+    finally:
+        release.set()
+        admin.delete_queue(consumer.queue)
