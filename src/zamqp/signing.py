@@ -175,11 +175,13 @@ def signed_fields(properties):
     (bytes and str, naive and aware datetimes, ints of any size).
 
     They are ``ascii()`` of a list of strings, ints, None and lists: all
-    non-ASCII characters escaped, so the same on every Python 3.
+    non-ASCII characters escaped, so the same on every Python 3. The walk
+    recurses along nested headers: received headers are at most
+    zamqp.frames.HEADER_DEPTH deep, and deeper ones are refused here.
     """
     try:
         return _signed_fields(properties)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise MessageRefused(
             f"cannot sign or verify the message's properties: {exc}"
         ) from None

@@ -377,3 +377,13 @@ def test_headers_rabbitmq_would_refuse_are_an_error(make_props, headers):
         producer('x', headers=headers)
     producer('x', headers={'f': 1.5})     # the connection is fine
     producer.close()
+
+
+def test_headers_nested_beyond_the_recursion_limit_are_refused():
+    from zamqp import signing
+    value = 'x'
+    for _ in range(5000):
+        value = {'a': value}
+    with pytest.raises(MessageRefused) as info:
+        signing.signed_fields({'application_headers': {'h': value}})
+    assert 'cannot sign or verify' in str(info.value)
