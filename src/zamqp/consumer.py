@@ -294,6 +294,10 @@ class AMQPConsumer:
             self._timed_out(exc)
             return
         error = explain(exc, self.props, 'consume')
+        if self._stopping.is_set():
+            logger.info('consumer %s: %s while stopping; it stops',
+                        self.queue_name, error)
+            return
         self.error = error
         self.stats.enter(State.RECONNECTING, error)
         if str(error) != self._failing:
@@ -429,7 +433,11 @@ class AMQPConsumer:
             self._callback_failed(message, exc)
             return
         self.stats.count('handled')
-        self.policy.redeliveries.forget(message)
+        delivery = self.worker.current
+        if delivery is None or not delivery.abandoned():
+            # a handler that returned after its delivery was lost (the
+            # broker's consumer_timeout) keeps the count: it comes again
+            self.policy.redeliveries.forget(message)
         if self.ack:
             results.append((Verdict.ACK, message, None))
 
