@@ -349,7 +349,7 @@ class AMQPProducer:
         now = time.monotonic()
         pending = window.pending
         if pending and pending[0].deadline <= now or window.orphans:
-            window.expire(now)
+            self._expire(now)
             if window.orphans:
                 self._resend(deadline)
         if window.full or self.connection.connection.blocked is not None:
@@ -376,6 +376,9 @@ class AMQPProducer:
             channel.events['basic_ack'].add(window.ack)
             channel.events['basic_nack'].add(window.nack)
             channel.confirm_select()
+            readiness = self.connection._readiness
+            if readiness is not None:
+                readiness.on_ack = (channel.channel_id, window.ack)
             self._channel = channel
             self._resend(deadline)
         self._channel = channel
@@ -418,7 +421,17 @@ class AMQPProducer:
                 conn.drain_events(timeout=min(remaining, 1.0))
             except socket.timeout:
                 pass
-            window.expire(time.monotonic())
+            self._expire(time.monotonic())
+
+    def _expire(self, now):
+        """Time out (log) what was not confirmed in time; a connection
+        whose broker confirmed nothing for that long is dropped, unless
+        it said it blocks publishers."""
+        if self.window.expire(now) and \
+                self.connection.connection.blocked is None:
+            raise amqp_errors.RecoverableConnectionError(
+                f'no confirm from the broker for {self.confirm_timeout} s '
+                '(confirm_timeout): the connection seems stalled')
 
     def _stuck(self, msg):
         what = 'message ' + msg.properties['message_id'] \

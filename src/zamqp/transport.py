@@ -73,8 +73,27 @@ class PublisherConnection(BlockAwareConnection):
         return result
 
 
+#: A basic.ack frame: type 1, channel, size 13, class 60, method 80,
+#: delivery tag, multiple, frame end (21 bytes).
+_ACK = struct.Struct('>BHIHHQBB')
+_ACK_FIELDS = (1, 13, 60, 80, 0xCE)
+
+
 class Readiness:
-    """Lets py-amqp handle frames the broker sent, without waiting."""
+    """Lets py-amqp handle frames the broker sent, without waiting.
+
+    ``on_ack = (channel_id, callback)`` adds a fast path for publisher
+    confirms: when the socket has data and py-amqp's read buffer is
+    empty, one ``recv`` takes what is there and leading ``basic.ack``
+    frames of that channel (fixed 21 bytes) go straight to
+    ``callback(delivery_tag, multiple)``; whatever follows (any other
+    frame, a partial one) is handed to py-amqp's read buffer and parsed
+    by py-amqp. A confirming producer gets about one ack per message
+    when the broker keeps up, so this saves most of py-amqp's per-frame
+    cost (three ``recv`` calls and the method dispatch).
+    """
+
+    on_ack = None
 
     def __init__(self, connection):
         self.connection = connection
@@ -82,11 +101,47 @@ class Readiness:
         self._poller.register(connection.sock, select.POLLIN)
 
     def poll(self):
-        if self._poller.poll(0) and self.connection.connected:
+        if not (self._poller.poll(0) and self.connection.connected):
+            return
+        transport = self.connection.transport
+        if self.on_ack is not None and not transport._read_buffer:
+            if self._acks(transport):
+                return
+        self._drain(transport)
+
+    def _acks(self, transport):
+        """Handle leading acks; True if nothing is left for py-amqp."""
+        try:
+            data = transport.sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not data:
+            return False        # py-amqp raises for the closed socket
+        channel_id, callback = self.on_ack
+        offset, size, unpack = 0, len(data), _ACK.unpack_from
+        while size - offset >= 21:
+            kind, channel, length, cls, method, tag, multiple, end = \
+                unpack(data, offset)
+            if (kind, length, cls, method, end) != _ACK_FIELDS or \
+                    channel != channel_id:
+                break
+            offset += 21
+            callback(tag, multiple)
+        if offset == size:
+            return True
+        transport._read_buffer = data[offset:]
+        return False
+
+    def _drain(self, transport):
+        """py-amqp parses what it has; stops when only a partial frame
+        (or nothing) is left, the rest arriving wakes the poll."""
+        while True:
             try:
                 self.connection.drain_events(timeout=0)
             except socket.timeout:
-                pass
+                return
+            if not transport._read_buffer or not self.connection.connected:
+                return
 
 
 class ReadAheadTransport(TCPTransport):

@@ -152,16 +152,23 @@ class ConfirmWindow:
         return None
 
     def expire(self, now):
-        """Time out the records whose deadline passed (oldest first)."""
+        """Time out the records whose deadline passed (oldest first).
+
+        Returns how many of them were sent on the current channel: the
+        broker confirmed none of them in time, so that connection is
+        probably stalled."""
         expired = []
+        on_channel = 0
         for queue in (self.orphans, self.pending):
             while queue and (queue[0].state is not None
                              or queue[0].deadline <= now):
                 record = queue.popleft()
                 if record.state is None:
                     expired.append(record)
+                    on_channel += queue is self.pending
         if expired:
             self._expire(expired)
+        return on_channel
 
     def _expire(self, records):
         failed = [r for r in records if r.resolve(TIMEOUT) and not r.waited]

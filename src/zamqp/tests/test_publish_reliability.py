@@ -19,6 +19,7 @@ import transaction
 
 from zamqp import AMQPProducer
 from zamqp import AMQPProps
+from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
 from zamqp.testhelpers import Admin
@@ -113,7 +114,7 @@ class Stream(threading.Thread):
                     manager.commit()
                 else:
                     message_id = self.producer(n)
-            except PublishFailed as exc:
+            except (PublishFailed, ConnectionFailed) as exc:
                 self.raised.append(exc)
                 time.sleep(0.05)
             else:
