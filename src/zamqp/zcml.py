@@ -115,9 +115,10 @@ class IProducerDirective(IExchangeFields):
                          description='Inside a transaction, publish after '
                          'it committed; drop on abort.')
     confirm = Bool(title='Publisher confirms', required=False,
-                   default=False,
-                   description='Return only once the broker confirmed '
-                   'the message; raise if it did not.')
+                   default=None,
+                   description='true: return only once the broker '
+                   'confirmed the message; false: fire and forget; '
+                   'unset: keep a window of unconfirmed messages.')
     confirm_timeout = Float(title='Confirm timeout (seconds)',
                             required=False, min=0.0,
                             description="Default: the connection's "
@@ -220,7 +221,7 @@ def register_connection(name, given):
 def producer(_context, name, connection='default',
              exchange='zamqp.broadcast.fanout', type='fanout',
              routing_key=None, serializer='pickle', persistent=False,
-             transactional=True, confirm=False, confirm_timeout=None,
+             transactional=True, confirm=None, confirm_timeout=None,
              mandatory=False):
     options = dict(exchange=exchange, type=type, routing_key=routing_key,
                    serializer=serializer, persistent=persistent,

@@ -366,7 +366,7 @@ def test_zcml_producer_with_confirms(registry, direct, admin):
         producer.close()
 
 
-def test_zcml_producer_confirm_defaults_off(registry):
+def test_zcml_producer_confirm_defaults_to_the_window(registry):
     context = xmlconfig.file('meta.zcml', zamqp)
     xmlconfig.string('''
 <configure xmlns:zamqp="http://namespaces.zope.org/zamqp">
@@ -375,4 +375,4 @@ def test_zcml_producer_confirm_defaults_off(registry):
 </configure>'''.format(url=broker_url(),
                        exchange=broker_props().exchange), context=context)
     producer = zope.component.getUtility(IProducer, 'plain')
-    assert not producer.confirm and not producer.mandatory
+    assert producer.confirm is None and not producer.mandatory
