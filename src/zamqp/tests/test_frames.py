@@ -189,14 +189,16 @@ def test_well_formed_streams_as_py_amqp(stream):
         assert msg_calls is not None
 
 
+_PAYLOADS = (struct.pack('>HH', *DELIVER) + hf.deliver_args(1),
+             struct.pack('>HHQB', 60, 80, 1, 0),
+             hf.content_header(0, hf.properties()),
+             hf.content_header(3, hf.properties()), b'abc')
+
+
 @settings(max_examples=300, deadline=None, derandomize=CI, database=None,
           suppress_health_check=HEALTH)
 @given(st.lists(st.tuples(st.sampled_from((1, 2, 3, 4, 8)),
-                          st.integers(0, 2),
-                          st.sampled_from((b'\x00\x3c\x00\x3c' + hf.deliver_args(
-                              1), b'\x00\x3c\x00\x50' + b'\0' * 9,
-                              hf.content_header(0, hf.properties()),
-                              hf.content_header(3, hf.properties()), b'abc'))),
+                          st.integers(0, 2), st.sampled_from(_PAYLOADS)),
                 max_size=12))
 def test_frame_order_errors_as_py_amqp(stream):
     both(stream)
