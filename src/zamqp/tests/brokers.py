@@ -85,9 +85,17 @@ class PrivateBroker:
     ``certfile``, ``keyfile`` as paths, which are copied into the node's
     directory; ``verify``, ``fail_if_no_peer_cert`` ...), see
     tests/certs.py ``Certificates.broker_options``.
+
+    ``config`` (optional) adds settings to rabbitmq.conf: a dict (``{key:
+    value}``, booleans written as true/false) or lines of text, e.g.
+    ``{'consumer_timeout': 3000}``. ``advanced`` (optional) is the text of
+    an advanced.config (Erlang terms, for settings rabbitmq.conf cannot
+    set), e.g. ``'[{rabbit, [{channel_tick_interval, 1000}]}].'``; it is
+    passed with RABBITMQ_ADVANCED_CONFIG_FILE.
     """
 
-    def __init__(self, base=None, name=None, tls=None):
+    def __init__(self, base=None, name=None, tls=None, config=None,
+                 advanced=None):
         self._own_base = base is None
         self.base = base or tempfile.mkdtemp(prefix='zamqp-brokers-')
         _chown(self.base)
@@ -97,6 +105,8 @@ class PrivateBroker:
         self.dist_port = free_port()
         self.tls = tls
         self.tls_port = free_port() if tls else None
+        self.config = config
+        self.advanced = advanced
         self.dir = os.path.join(self.base, self.name)
         self._prepare()
 
@@ -115,7 +125,23 @@ class PrivateBroker:
         self._write('enabled_plugins', '[].\n')
         self._write('rabbitmq.conf', 'loopback_users = none\n'
                     'log.console = false\nlog.file.level = warning\n'
-                    + self._tls_config())
+                    + self._tls_config() + self._extra_config())
+        if self.advanced:
+            self._write('advanced.config', self.advanced.rstrip() + '\n')
+
+    def _extra_config(self):
+        """The rabbitmq.conf lines given as ``config`` ('' without)."""
+        config = self.config
+        if not config:
+            return ''
+        if isinstance(config, str):
+            return config.rstrip('\n') + '\n'
+        lines = []
+        for key, value in config.items():
+            if isinstance(value, bool):
+                value = str(value).lower()
+            lines.append(f'{key} = {value}')
+        return '\n'.join(lines) + '\n'
 
     def _tls_config(self):
         """rabbitmq.conf lines of the TLS listener ('' without one)."""
@@ -157,6 +183,9 @@ class PrivateBroker:
                 self.dir, 'enabled_plugins'),
             RABBITMQ_CONFIG_FILE=os.path.join(self.dir, 'rabbitmq.conf'),
         )
+        if self.advanced:
+            env['RABBITMQ_ADVANCED_CONFIG_FILE'] = os.path.join(
+                self.dir, 'advanced.config')
         return env
 
     # life cycle
