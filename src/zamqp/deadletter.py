@@ -39,11 +39,10 @@ def copy(message, frame_max=None, **headers):
     With ``frame_max`` the copy's content header fits in one frame of
     that size: if the original headers and the new ones do not, the
     original application headers are left out (``HEADERS_DROPPED`` says
-    so). A message whose properties could not be decoded (it has a
-    ``zamqp_fault``) is copied with the new headers only.
+    so). A message whose properties could not be decoded has none
+    (zamqp.frames): its copy has the new headers only.
     """
-    original = {} if getattr(message, 'zamqp_fault', None) else \
-        dict(message.properties)
+    original = dict(message.properties)
     properties = dict(original)
     properties['application_headers'] = dict(
         original.get('application_headers') or {}, **headers)

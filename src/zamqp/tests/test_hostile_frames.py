@@ -143,8 +143,9 @@ def test_oversized_body_is_dead_lettered_empty(make_props, start, admin):
         assert wait_for(lambda: admin.queue_depth(dead) == 1)
         letter, = admin.take(dead)
         assert not letter.body          # py-amqp gives '' for no body
-        # the properties were decoded, but deadletter.copy keeps none of a
-        # message with a fault
+        # the properties were decoded: the dead letter keeps them
+        assert letter.properties['message_id'] == 'big'
+        assert letter.properties['content_type'] == 'application/json'
         assert 'body of 1000002 bytes is larger than max_size 100000' in \
             letter.headers['x-zamqp-error']
     finally:
