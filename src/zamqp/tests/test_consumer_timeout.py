@@ -202,3 +202,45 @@ def test_handler_outliving_consumer_timeout(broker, threads, admin, caplog,
            f'handler ran {slow_calls} times, channel timeouts '
            f'{status["timeouts"]}, reconnects {status["reconnects"]}, '
            f'other messages handled twice {len(twice)}')
+
+
+@pytest.mark.parametrize('prefetch', [10, 4])
+def test_the_timer_runs_from_the_delivery_not_the_handler_start(
+        broker, threads, admin, prefetch):
+    """No handler comes near consumer_timeout (0.5 s of 3 s), yet with
+    prefetch 10 the messages waiting behind the running handler time
+    out: the broker times each delivery from when it sent it. Prefetch 4
+    (4 x 0.5 s = 2 s < 3 s) never times out."""
+    props = private_props(broker.address, unique())
+    queue = unique('zamqp.timeout.prefetch')
+    calls = collections.Counter()
+
+    def handle(body):
+        calls[body] += 1
+        time.sleep(0.5)
+
+    consumer = AMQPConsumer(queue, props, handle, shared=True,
+                            prefetch=prefetch, max_retries=5)
+    thread = threads(consumer)
+    bodies = list(range(20))
+    try:
+        with AMQPProducer(queue, props) as producer:
+            for body in bodies:
+                producer(body)
+        began = time.monotonic()
+        assert wait_for(lambda: all(calls[b] for b in bodies), 60)
+        took = time.monotonic() - began
+        assert wait_for(lambda: admin.queue_depth(queue) == 0, 10)
+        status = consumer.status()
+    finally:
+        thread.stop()
+        admin.delete_queue(queue)
+        admin.delete_queue(props.exchange + '.dead')
+    twice = sum(1 for b in bodies if calls[b] > 1)
+    report(f'consumer_timeout {TIMEOUT:g} s, 20 handlers of 0.5 s, '
+           f'prefetch {prefetch}: channel timeouts {status["timeouts"]}, '
+           f'handled twice {twice}, all handled in {took:.1f} s')
+    if prefetch * 0.5 > TIMEOUT:
+        assert status['timeouts'] >= 1
+    else:
+        assert status['timeouts'] == 0 and twice == 0
