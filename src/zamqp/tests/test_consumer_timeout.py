@@ -10,6 +10,7 @@ between TIMEOUT and TIMEOUT + TICK after the delivery.
 Each test prints one line of figures, listed again at the end of the run.
 """
 import collections
+import json
 import logging
 import threading
 import time
@@ -18,7 +19,6 @@ import amqp
 import pytest
 
 from zamqp import AMQPConsumer
-from zamqp import AMQPProducer
 from zamqp import deadletter
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import unique
@@ -95,6 +95,23 @@ def test_the_node_closes_the_channel_soon_after_consumer_timeout(broker):
     assert TIMEOUT - 0.1 <= closed <= TIMEOUT + TICK + 0.5
 
 
+def publish(broker, props, bodies):
+    """Publish ``bodies`` as persistent JSON messages to ``props``'s
+    exchange, through a raw py-amqp connection (the consumer under test
+    is all these tests look at)."""
+    conn = amqp.Connection(broker.address, connect_timeout=5)
+    conn.connect()
+    try:
+        channel = conn.channel()
+        for body in bodies:
+            channel.basic_publish(
+                amqp.Message(json.dumps(body), delivery_mode=2,
+                             content_type='application/json'),
+                props.exchange, 'timeout')
+    finally:
+        conn.close()
+
+
 class Handler:
     """Sleeps SLOW seconds on 'slow', returns at once otherwise; counts
     calls per body."""
@@ -148,13 +165,9 @@ def test_handler_outliving_consumer_timeout(broker, threads, admin, caplog,
     before = [f'before-{n}' for n in range(5)]
     behind = [f'behind-{n}' for n in range(30)]
     try:
-        with AMQPProducer(queue, props, persistent=True) as producer:
-            for body in before:
-                producer(body)
-            producer('slow')
-            published = time.monotonic()
-            for body in behind:
-                producer(body)
+        publish(broker, props, before + ['slow'])
+        published = time.monotonic()
+        publish(broker, props, behind)
         letters = []
         deadline = 3 * (max_retries + 2) * (SLOW + TIMEOUT + TICK)
         assert wait_for(lambda: letters.extend(admin.take(dead)) or letters,
@@ -224,9 +237,7 @@ def test_the_timer_runs_from_the_delivery_not_the_handler_start(
     thread = threads(consumer)
     bodies = list(range(20))
     try:
-        with AMQPProducer(queue, props) as producer:
-            for body in bodies:
-                producer(body)
+        publish(broker, props, bodies)
         began = time.monotonic()
         assert wait_for(lambda: all(calls[b] for b in bodies), 60)
         took = time.monotonic() - began
@@ -244,3 +255,43 @@ def test_the_timer_runs_from_the_delivery_not_the_handler_start(
         assert status['timeouts'] >= 1
     else:
         assert status['timeouts'] == 0 and twice == 0
+
+
+def test_quorum_queue_with_prefetch_1_keeps_the_messages_behind(
+        broker, threads, admin):
+    """The workaround for quorum queues: with prefetch=1 nothing waits
+    on the channel behind the slow handler, so only the slow message
+    reaches its delivery limit (dead-lettered by the broker)."""
+    props = private_props(broker.address, unique())
+    queue = unique('zamqp.timeout.quorum1')
+    dead = props.exchange + '.dead'
+    handler = Handler()
+    consumer = AMQPConsumer(queue, props, handler, shared=True,
+                            queue_type='quorum', max_retries=1, prefetch=1)
+    thread = threads(consumer)
+    behind = [f'behind-{n}' for n in range(10)]
+    try:
+        publish(broker, props, ['slow'])
+        published = time.monotonic()
+        publish(broker, props, behind)
+        letters = []
+        assert wait_for(lambda: letters.extend(admin.take(dead)) or letters,
+                        60, interval=0.1)
+        to_dead_letter = time.monotonic() - published
+        assert wait_for(lambda: handler.handled(behind), 30)
+        time.sleep(TIMEOUT + TICK)
+        letters.extend(admin.take(dead))
+        status = consumer.status()
+        alive = thread.is_alive()
+    finally:
+        thread.stop()
+        admin.delete_queue(queue)
+        admin.delete_queue(dead)
+    assert alive and status['timeouts'] >= 1
+    assert [m.headers['x-death'][0]['reason'] for m in letters] == \
+        ['delivery_limit']
+    report(f'consumer_timeout {TIMEOUT:g} s, handler {SLOW:g} s, quorum '
+           f'queue, max_retries 1, prefetch 1: dead-lettered by the broker '
+           f'{to_dead_letter:.1f} s after publishing, slow handler ran '
+           f'{handler.calls["slow"]} times, channel timeouts '
+           f'{status["timeouts"]}; all 10 messages behind it handled')
