@@ -1,4 +1,5 @@
 """AMQPProducer: publishes serialized messages on one reused connection."""
+import collections
 import itertools
 import logging
 import math
@@ -33,6 +34,22 @@ _RETRY = (ConnectionFailed,) + RETRYABLE
 
 #: Unconfirmed messages a producer keeps by default.
 WINDOW = 1000
+
+#: Message ids an ERROR line names at most (the first and last half).
+ID_LIMIT = 6
+
+
+def id_summary(ids, limit=ID_LIMIT):
+    """``'3 message(s): a, b, c'``, or for more than ``limit`` ids the
+    count with the first and last few: ``'1000 messages: a, b, c ...
+    x, y, z'``."""
+    ids = list(ids)
+    if len(ids) <= limit:
+        return f"{len(ids)} message(s): {', '.join(ids)}"
+    half = limit // 2
+    return (f"{len(ids)} messages: {', '.join(ids[:half])} ... "
+            f"{', '.join(ids[-half:])}")
+
 
 _STATE_TEXT = {_window_module.NACK: 'nacked by the broker',
                _window_module.TIMEOUT: 'not confirmed in time',
@@ -188,6 +205,11 @@ class AMQPProducer:
     commit, and never on abort (see zamqp.transactional).
     """
 
+    #: Seconds ``publish_committed`` waits for another thread's publish.
+    LOCK_WAIT = 0.5
+    #: Seconds between the keeper thread's rounds.
+    KEEP_INTERVAL = 0.25
+
     def __init__(self, queue, props, routing_key=None, serializer='pickle',
                  persistent=False, transactional=False, confirm=None,
                  confirm_timeout=None, mandatory=False, window=WINDOW):
@@ -215,6 +237,13 @@ class AMQPProducer:
         self._opened = None
         self._ids = itertools.count(1)
         self._id_prefix = uuid.uuid4().hex[:12]
+        self._unblocked_at = -math.inf  # monotonic time of the unblock
+        self._down = False          # the broker could not be reached
+        self._down_logged = False
+        self._retry_at = 0.0        # when the keeper may reconnect
+        self._keeper = None         # the keeper thread, while it runs
+        self._closed = False        # close() runs
+        self._later = collections.deque()   # records queued without lock
 
     @property
     def timeout(self):
@@ -314,6 +343,7 @@ class AMQPProducer:
         delay = 0.0 if self._first_retry(exc) else \
             self.backoff.delay(refused=refused)
         if time.monotonic() + delay >= deadline:
+            self._down = True
             if isinstance(exc, (ConnectionFailed, PublishFailed)):
                 raise exc
             what = 'message ' + msg.properties['message_id'] \
@@ -346,18 +376,21 @@ class AMQPProducer:
             self._retrying = False
             return
         window = self.window
+        if window.orphans or self._later:
+            self._resend(deadline)
         now = time.monotonic()
         pending = window.pending
-        if pending and pending[0].deadline <= now or window.orphans:
-            self._expire(now)
-            if window.orphans:
-                self._resend(deadline)
+        if pending and pending[0].due <= now:
+            self._check_stall(now)
         if window.full or self.connection.connection.blocked is not None:
             self._make_room(deadline, msg)
+            now = time.monotonic()
         channel.basic_publish(msg, self.props.exchange, key,
                               mandatory=self.mandatory)
-        window.sent(record)
+        window.sent(record, now + self.confirm_timeout)
         self._retrying = False
+        if self._keeper is None:
+            self._keep()
 
     def _setup(self, deadline):
         """Open the connection, put the channel in confirm mode and
@@ -370,6 +403,11 @@ class AMQPProducer:
         channel.events['basic_return'].add(self._on_return)
         self._published = 0
         self._opened = time.time()
+        if self._down:
+            logger.info('connected to %s again; publishing to %r goes on',
+                        self.props.url(), self.props.exchange)
+        self._down = False
+        self._down_logged = False
         if self.confirm is not False:
             window = self.window
             window.channel_lost()
@@ -380,40 +418,59 @@ class AMQPProducer:
             if readiness is not None:
                 readiness.on_ack = (channel.channel_id, window.ack)
             self._channel = channel
+            self.backoff.reset()
             self._resend(deadline)
         self._channel = channel
         self.backoff.reset()
         return channel
 
+    def _take_later(self):
+        """Move the messages queued without the lock into the window."""
+        later, window = self._later, self.window
+        while later:
+            window.queue(later.popleft())
+
     def _resend(self, deadline):
         """Publish again, in order, what lost connections left
-        unconfirmed (before anything new goes out)."""
+        unconfirmed, and what waited for a connection (before anything
+        new goes out). Resending does not grow the window; while the
+        broker blocks publishers it waits up to ``deadline``."""
+        if self._later:
+            self._take_later()
         window = self.window
         channel = self._channel
         conn = self.connection.connection
-        resent = 0
-        while (record := window.next_orphan(time.monotonic())):
+        resent = queued = 0
+        timeout = self.confirm_timeout
+        while (record := window.next_orphan()):
             self.connection.poll()
-            if window.full or conn.blocked is not None:
-                self._make_room(deadline)
+            if conn.blocked is not None:
+                self._make_room(deadline, room=False)
             if window.orphans and window.orphans[0] is record:
                 channel.basic_publish(record.msg, self.props.exchange,
                                       record.key, mandatory=self.mandatory)
                 window.orphans.popleft()
-                window.sent(record)
-                resent += 1
+                if record.sends:
+                    resent += 1
+                else:
+                    queued += 1
+                window.sent(record, time.monotonic() + timeout)
         if resent:
             logger.warning(
                 'published %d unconfirmed message(s) again on a new '
                 'connection to %s (receivers may see them twice)',
                 resent, self.props.url())
+        if queued:
+            logger.info('published %d message(s) that waited for a '
+                        'connection to %s', queued, self.props.url())
 
-    def _make_room(self, deadline, msg=None):
-        """Read frames until the window has room and the broker does not
-        block publishing; raise once ``deadline`` passed."""
+    def _make_room(self, deadline, msg=None, room=True):
+        """Read frames until the window has room (``room``) and the
+        broker does not block publishing; raise once ``deadline``
+        passed. A stalled connection raises (see ``_check_stall``)."""
         window = self.window
         conn = self.connection.connection
-        while window.full or conn.blocked is not None:
+        while (room and window.full) or conn.blocked is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._stuck(msg)
@@ -421,17 +478,24 @@ class AMQPProducer:
                 conn.drain_events(timeout=min(remaining, 1.0))
             except socket.timeout:
                 pass
-            self._expire(time.monotonic())
+            self._check_stall(time.monotonic())
 
-    def _expire(self, now):
-        """Time out (log) what was not confirmed in time; a connection
-        whose broker confirmed nothing for that long is dropped, unless
-        it said it blocks publishers."""
-        if self.window.expire(now) and \
-                self.connection.connection.blocked is None:
-            raise amqp_errors.RecoverableConnectionError(
-                f'no confirm from the broker for {self.confirm_timeout} s '
-                '(confirm_timeout): the connection seems stalled')
+    def _check_stall(self, now):
+        """Drop (raise) a connection on which the oldest unconfirmed
+        message waits more than ``confirm_timeout`` for its confirm:
+        for messages nobody waits on, a missing confirm means a dead or
+        stalled connection, and they are published again on a new one.
+        Not while the broker blocks publishers, nor within
+        ``confirm_timeout`` of its unblocking: an alarm is no stall."""
+        if not self.window.stalled(now):
+            return
+        conn = self.connection.connection
+        if conn is None or conn.blocked is not None or \
+                now - self._unblocked_at < self.confirm_timeout:
+            return
+        raise amqp_errors.RecoverableConnectionError(
+            f'no confirm from the broker for {self.confirm_timeout} s '
+            '(confirm_timeout): the connection seems stalled')
 
     def _stuck(self, msg):
         what = 'message ' + msg.properties['message_id'] \
@@ -459,6 +523,7 @@ class AMQPProducer:
                        self.confirm_timeout)
 
     def _on_unblocked(self):
+        self._unblocked_at = time.monotonic()
         logger.info('%s unblocked publishers; publishing to %r goes on',
                     self.props.url(), self.props.exchange)
 
@@ -490,17 +555,138 @@ class AMQPProducer:
 
     def _report(self, records, state):
         """Log messages that failed with nobody waiting for them."""
-        ids = ', '.join(r.message_id for r in records)
-        if state == _window_module.TIMEOUT:
-            why = (f'not confirmed within {self.confirm_timeout} s of '
-                   'publishing; the broker may or may not have it')
-        elif state == _window_module.RETURNED:
+        if state == _window_module.RETURNED:
             why = 'returned unroutable (%s)' % records[0].reply
         else:
             why = _STATE_TEXT.get(state, state)
-        logger.error('%d message(s) to exchange %r on %s %s: %s',
-                     len(records), self.props.exchange, self.props.url(),
-                     why, ids)
+        ids = [r.message_id for r in records]
+        logger.error('%s to exchange %r on %s %s', id_summary(ids),
+                     self.props.exchange, self.props.url(), why)
+        logger.debug('message ids: %s', ', '.join(ids))
+
+    # publish on commit (no waiting in the request thread)
+
+    def publish_committed(self, msg, routing_key):
+        """Publish ``msg`` for a transaction that committed (see
+        zamqp.transactional), without holding up the thread.
+
+        A default producer (``confirm=None``) tries at most once: when
+        the broker cannot be reached (or another thread holds the
+        producer for more than ``LOCK_WAIT`` seconds), the message
+        joins the window unsent and goes out first on the next
+        connection, which a background thread keeps trying to make
+        (backoff). While the producer knows the broker is unreachable
+        it does not even try. Raises PublishFailed (the message was not
+        taken) when the window is full; a message still unsent or
+        unconfirmed at ``close()`` is logged at ERROR with its id. Other
+        producers publish as ``publish_now`` does.
+        """
+        if self.confirm is not None or \
+                getattr(self._local, 'batch', None) is not None:
+            self.publish_now(msg, routing_key)
+            return
+        record = _window_module.Record(
+            msg, routing_key, time.monotonic() + self.confirm_timeout)
+        if not self._lock.acquire(timeout=self.LOCK_WAIT):
+            self._room_for(record, len(self._later))
+            self._later.append(record)
+            self._keep()
+            return
+        try:
+            if self._down:
+                self._queue(record)
+                return
+            try:
+                self._send(msg, routing_key, record, record.deadline)
+            except _RETRY as exc:
+                if isinstance(exc, ConnectionFailed) and \
+                        not exc.recoverable:
+                    raise
+                self._went_down(exc)
+                self._queue(record)
+        finally:
+            self._lock.release()
+
+    def _room_for(self, record, extra=0):
+        if len(self.window) + extra >= self.window.size:
+            raise PublishFailed(
+                f"basic_publish: message {record.message_id} to exchange "
+                f"{self.props.exchange!r} not taken: {self.props.url()} "
+                f"is unreachable and {len(self.window) + extra} messages "
+                "(window) wait for it already")
+
+    def _queue(self, record):
+        """Under the lock: keep ``record`` unsent for the next
+        connection."""
+        self._room_for(record, len(self._later))
+        self.window.queue(record)
+        self._keep()
+
+    def _went_down(self, exc):
+        """Under the lock: a publish or connection attempt failed; the
+        keeper thread reconnects after a backoff delay."""
+        if not isinstance(exc, ConnectionFailed):
+            self._lost(exc)
+        first = self._first_retry(exc)
+        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
+        self._retry_at = time.monotonic() + (
+            0.0 if first else self.backoff.delay(refused=refused))
+        self._down = True
+        if not self._down_logged:
+            self._down_logged = True
+            logger.warning(
+                'publishing to %r on %s failed (%s): %d message(s) wait '
+                'for a new connection, tried in the background',
+                self.props.exchange, self.props.url(), exc,
+                len(self.window) + len(self._later))
+
+    # the keeper: reconnects and resends while nobody publishes
+
+    def _keep(self):
+        """Start the keeper thread unless it runs (or we are closed)."""
+        if self._keeper is not None or self._closed or \
+                self.confirm is False:
+            return
+        keeper = threading.Thread(target=self._keep_going, daemon=True,
+                                  name=f'zamqp-producer-{self.queue}')
+        self._keeper = keeper
+        keeper.start()
+
+    def _keep_going(self):
+        """While messages are unconfirmed: every ``KEEP_INTERVAL``
+        seconds read what the broker sent, drop a stalled connection,
+        reconnect (after the backoff delay) and publish again what is
+        unconfirmed. Ends when nothing is left (publishing starts it
+        again) or at close()."""
+        while True:
+            time.sleep(self.KEEP_INTERVAL)
+            with self._lock:
+                if self._closed or not (len(self.window) or self._later):
+                    self._keeper = None
+                    return
+                if time.monotonic() >= self._retry_at:
+                    self._tend()
+
+    def _tend(self):
+        """Under the lock, in the keeper: one round of its work."""
+        now = time.monotonic()
+        try:
+            channel = self._channel
+            if channel is None or channel is not self.connection._channel:
+                self._setup(now)
+            else:
+                if self.window.orphans or self._later:
+                    self._resend(now)
+                self.connection.poll()
+                self._check_stall(time.monotonic())
+        except PublishFailed:
+            pass            # blocked: resend later, connection kept
+        except _RETRY as exc:
+            self._went_down(exc)
+        except Exception:
+            logger.exception('zamqp producer keeper for %r failed',
+                             self.props.exchange)
+            self._retry_at = time.monotonic() + self.backoff.cap
 
     # confirms (called with records of one batch or one message)
 
@@ -518,9 +704,10 @@ class AMQPProducer:
         cause = None
         while outstanding():
             try:
-                if self._channel is None:
+                if self._channel is None or \
+                        self._channel is not self.connection._channel:
                     self._setup(deadline)
-                elif self.window.orphans:
+                elif self.window.orphans or self._later:
                     self._resend(deadline)
                 self._drain(outstanding, deadline)
                 break
@@ -531,6 +718,9 @@ class AMQPProducer:
                 except (ConnectionFailed, PublishFailed) as final:
                     cause = final
                     break
+            except PublishFailed as exc:     # blocked while resending
+                cause = exc
+                break
         if outstanding():
             self.window.give_up(records)
         else:
@@ -539,30 +729,32 @@ class AMQPProducer:
 
     def _drain(self, outstanding, deadline):
         connection = self.connection.connection
-        window = self.window
         while outstanding():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                connection.drain_events(timeout=remaining)
+                connection.drain_events(timeout=min(remaining, 1.0))
             except socket.timeout:
-                return
-            window.expire(time.monotonic())
+                pass
+            if self.confirm is None:
+                self._check_stall(time.monotonic())
 
     def flush(self, timeout=None):
         """Wait until the broker confirmed every message sent so far.
 
         At most ``timeout`` seconds (default: ``confirm_timeout``),
         reconnecting and publishing again what a lost connection left
-        unconfirmed. Raises NotConfirmed listing the messages that were
-        nacked, returned or not confirmed in time (they are not
-        retried). A no-op with ``confirm=False``.
+        unconfirmed (or what waited for a connection). Raises
+        NotConfirmed listing the messages that were nacked, returned or
+        not confirmed in time: they leave the window, not retried. A
+        no-op with ``confirm=False``.
         """
         if self.confirm is False:
             return
         timeout = self.confirm_timeout if timeout is None else timeout
         with self._lock:
+            self._take_later()
             records = self.window.unsettled()
             if not records:
                 return
@@ -578,11 +770,13 @@ class AMQPProducer:
         failed = [r for r in records if r.state != _window_module.ACK]
         if not failed:
             return
-        nacked = [r.message_id for r in failed if r.state == _window_module.NACK]
+        nacked = [r.message_id for r in failed
+                  if r.state == _window_module.NACK]
         returned = [(r.message_id, r.key, r.reply)
                     for r in failed if r.state == _window_module.RETURNED]
         unconfirmed = [r.message_id for r in failed
-                       if r.state in (None, _window_module.TIMEOUT, _window_module.FAILED)]
+                       if r.state in (None, _window_module.TIMEOUT,
+                                      _window_module.FAILED)]
         raise NotConfirmed(self._failure_text(
             len(records), nacked, returned, unconfirmed, cause),
             nacked, returned, unconfirmed) from cause
@@ -590,14 +784,16 @@ class AMQPProducer:
     def _failure_text(self, total, nacked, returned, unconfirmed, cause):
         parts = []
         if nacked:
-            parts.append(f"nacked by the broker: {', '.join(nacked)}")
-        for message_id, key, reply in returned:
+            parts.append(f"nacked by the broker: {id_summary(nacked)}")
+        for message_id, key, reply in returned[:ID_LIMIT]:
             parts.append(f'returned unroutable ({reply}): {message_id} '
                          f'with routing key {key!r}')
+        if len(returned) > ID_LIMIT:
+            parts.append(f'{len(returned) - ID_LIMIT} more returned')
         if unconfirmed:
             why = (f'within {self.confirm_timeout} s' if cause is None
                    else f'({cause})')
-            parts.append(f"not confirmed {why}: {', '.join(unconfirmed)}")
+            parts.append(f"not confirmed {why}: {id_summary(unconfirmed)}")
         count = len(nacked) + len(returned) + len(unconfirmed)
         what = ('a message' if total == 1 else
                 f'{count} of {total} messages')
@@ -605,25 +801,35 @@ class AMQPProducer:
                 f'{self.props.exchange!r} on {self.props.url()} failed: '
                 + '; '.join(parts))
 
-    def close(self):
-        """Flush (see ``flush``), then close the connection.
+    def close(self, timeout=None):
+        """Flush (see ``flush``; ``timeout`` default
+        ``confirm_timeout``), then close the connection.
 
-        Messages that were not confirmed are logged at ERROR with their
-        ids, and NotConfirmed is raised after the connection is closed.
+        Messages that were not confirmed (or never sent) are logged at
+        ERROR (their count, first and last ids; all of them at DEBUG),
+        and NotConfirmed (listing all) is raised after the connection
+        is closed.
         """
+        self._closed = True
         failure = None
         try:
-            self.flush()
+            self.flush(timeout)
         except PublishFailed as exc:
             logger.error('closing the producer for %r: %s',
                          self.props.exchange, exc)
+            ids = getattr(exc, 'message_ids', None)
+            if ids:
+                logger.debug('message ids: %s', ', '.join(ids))
             failure = exc
         with self._lock:
             self._published = 0
             self._channel = None
             self.window.channel_lost()
             self.window.orphans.clear()
+            self._later.clear()
             self.connection.close()
+            self._down = False
+            self._closed = False
         if failure is not None:
             raise failure
 

@@ -39,14 +39,24 @@ Confirms
     A producer made with ``confirm=True`` publishes the messages of one
     transaction, in call order, as one batch (``producer.batch()``): it
     sends them all and then waits once for the broker's confirms. A
-    default producer (``confirm=None``) does not wait: the messages join
-    its window of unconfirmed messages, are published again after a
-    reconnect, and one that the broker nacks or does not confirm within
-    ``confirm_timeout`` is logged at ERROR with its id.
+    default producer (``confirm=None``) does not wait: the messages go
+    through its ``publish_committed``, join its window of unconfirmed
+    messages and are published again after a reconnect until the broker
+    confirms them; one the broker nacks (or returns, with mandatory), or
+    still unconfirmed when the producer is closed, is logged at ERROR
+    with its id.
+
+    A default producer does not hold up the committing thread when the
+    broker is down: it tries to connect at most once (not at all while it
+    knows the broker is unreachable) and otherwise keeps the message,
+    unsent, in its window; a background thread of the producer
+    reconnects with backoff and sends it first. A full window (the
+    broker unreachable for long) makes the message fail at once, logged
+    with its id.
 
 Failures
     The after-commit hook never raises: a message that cannot be
-    published (after the producer's usual reconnect) is logged on the
+    published (or queued, see above) is logged on the
     ``zamqp`` logger with its message id and exchange, and the following
     messages are still attempted; messages the broker nacked, returned
     or did not confirm in time are logged with their ids. The commit has
@@ -175,7 +185,9 @@ class Outbox:
         try:
             if isinstance(batch, Exception):    # do not wait connect_timeout
                 raise batch                     # again
-            producer.publish_now(msg, key)
+            publish = getattr(producer, 'publish_committed', None) or \
+                producer.publish_now
+            publish(msg, key)
         except Exception as exc:    # never into the transaction
             if isinstance(exc, ConnectionFailed):
                 batches[id(producer)] = (producer, exc)

@@ -12,7 +12,14 @@ channel wait in a deque in tag order, so the tag of ``pending[i]`` is
 ``first_tag + i``: a multiple ack pops from the left, a single ack marks
 one record and pops what is settled from the left. When the channel is
 lost, its unconfirmed messages become ``orphans``, to be published again,
-first and in order, on the next channel.
+first and in order, on the next channel; messages that could not be
+sent yet (the broker was unreachable) wait there too.
+
+Records do not expire here: a record nobody waits for stays until the
+broker acks, nacks or returns it, or until the producer gives it up
+(``give_up``, at ``flush``/``close``). ``stalled(now)`` tells the
+producer that the oldest record of the channel waits longer than it
+should for its confirm (its ``due`` time, set at each send).
 """
 import collections
 
@@ -30,7 +37,7 @@ class Record:
     """
 
     __slots__ = ('msg', 'key', 'batch', 'state', 'reply', 'sends',
-                 'deadline', 'waited')
+                 'deadline', 'waited', 'due')
 
     def __init__(self, msg, key, deadline, waited=False, batch=None):
         self.msg = msg
@@ -41,6 +48,7 @@ class Record:
         self.state = None
         self.reply = None
         self.sends = 0
+        self.due = deadline
 
     @property
     def message_id(self):
@@ -87,9 +95,12 @@ class ConfirmWindow:
     def first_tag(self):
         return self.next_tag - len(self.pending)
 
-    def sent(self, record):
-        """``record`` was published with the next delivery tag."""
+    def sent(self, record, due=None):
+        """``record`` was published with the next delivery tag; its
+        confirm is expected by ``due`` (monotonic time)."""
         record.sends += 1
+        if due is not None:
+            record.due = due
         self.pending.append(record)
         self.next_tag += 1
 
@@ -136,49 +147,37 @@ class ConfirmWindow:
         self.returned.clear()
         return len(unconfirmed)
 
-    def next_orphan(self, now):
-        """The next record to publish again, or None; drops settled and
-        expired ones (reporting the latter)."""
+    def queue(self, record):
+        """Keep ``record``, not sent yet, to send after the orphans."""
+        self.orphans.append(record)
+
+    def next_orphan(self, now=None):
+        """The next record to publish again, or None (drops settled
+        ones)."""
         orphans = self.orphans
         while orphans:
-            record = orphans[0]
-            if record.state is not None:
-                orphans.popleft()
-            elif record.deadline <= now:
-                orphans.popleft()
-                self._expire([record])
-            else:
-                return record
+            if orphans[0].state is None:
+                return orphans[0]
+            orphans.popleft()
         return None
 
-    def expire(self, now):
-        """Time out the records whose deadline passed (oldest first).
-
-        Returns how many of them were sent on the current channel: the
-        broker confirmed none of them in time, so that connection is
-        probably stalled."""
-        expired = []
-        on_channel = 0
-        for queue in (self.orphans, self.pending):
-            while queue and (queue[0].state is not None
-                             or queue[0].deadline <= now):
-                record = queue.popleft()
-                if record.state is None:
-                    expired.append(record)
-                    on_channel += queue is self.pending
-        if expired:
-            self._expire(expired)
-        return on_channel
-
-    def _expire(self, records):
-        failed = [r for r in records if r.resolve(TIMEOUT) and not r.waited]
-        if failed:
-            self._report(failed, TIMEOUT)
+    def stalled(self, now):
+        """True if the oldest unsettled record of the channel was due
+        to be confirmed by ``now``."""
+        pending = self.pending
+        while pending and pending[0].state is not None:
+            pending.popleft()
+        return bool(pending) and pending[0].due <= now
 
     def give_up(self, records, state=TIMEOUT):
-        """A waiting caller ends its wait: unsettled ``records`` fail."""
+        """A waiting caller ends its wait: unsettled ``records`` fail
+        and leave the window (a placeholder keeps a delivery tag's
+        place on the channel until its confirm or the channel's end)."""
         for record in records:
             record.resolve(state)
+        for queue in (self.orphans, self.pending):
+            while queue and queue[0].state is not None:
+                queue.popleft()
 
     def unsettled(self):
         """Every record not settled yet, in publishing order."""

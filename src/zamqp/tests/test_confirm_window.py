@@ -7,6 +7,7 @@ import pytest
 
 from zamqp import window as w
 from zamqp.producer import AMQPProducer
+from zamqp.producer import id_summary
 from zamqp.props import AMQPProps
 
 
@@ -104,22 +105,48 @@ def test_lost_twice_keeps_order(win):
     assert list(win.orphans) == records
 
 
-def test_deadline_expires_and_reports(win, reports):
-    send(win, 1, 2, deadline=10.0)
-    send(win, 3, deadline=20.0)
-    win.expire(15.0)
-    assert reports == [('timeout', ['m1', 'm2'])]
-    assert len(win) == 1
-    win.ack(3, multiple=True)      # late acks of expired tags are ignored
-    assert len(win) == 0 and len(reports) == 1
-
-
-def test_expired_orphans_are_not_resent(win, reports):
-    send(win, 1, deadline=10.0)
-    send(win, 2, deadline=30.0)
+def test_unwaited_records_never_expire(win, reports):
+    records = send(win, 1, 2, deadline=10.0)
     win.channel_lost()
-    assert win.next_orphan(20.0).message_id == 'm2'
-    assert reports == [('timeout', ['m1'])]
+    assert win.next_orphan(1e9) is records[0]
+    assert reports == [] and len(win) == 2
+
+
+def test_stalled_when_the_oldest_is_due(win):
+    r1, r2 = record(1), record(2)
+    win.sent(r1, due=10.0)
+    win.sent(r2, due=20.0)
+    assert not win.stalled(9.0) and win.stalled(10.0)
+    win.ack(1)
+    assert not win.stalled(15.0) and win.stalled(20.0)
+    win.ack(2)
+    assert not win.stalled(1e9)
+
+
+def test_a_settled_head_is_no_stall(win):
+    r1, r2 = record(1, waited=True), record(2)
+    win.sent(r1, due=1.0)
+    win.sent(r2, due=50.0)
+    win.give_up([r1])
+    assert not win.stalled(10.0)
+    win.ack(2)                     # tag 2 is still r2's
+    assert r2.state == 'ack' and len(win) == 0
+
+
+def test_queued_records_go_after_the_orphans(win):
+    records = send(win, 1, 2)
+    win.channel_lost()
+    late = record(3)
+    win.queue(late)
+    assert list(win.orphans) == records + [late]
+    assert len(win) == 3
+
+
+def test_given_up_records_leave_the_window(win, reports):
+    records = send(win, 1, 2, 3, waited=True)
+    win.channel_lost()
+    win.give_up(records)
+    assert len(win) == 0 and reports == []
 
 
 def test_late_ack_after_a_waiter_gave_up_changes_nothing(win, reports):
@@ -134,14 +161,22 @@ def test_window_must_hold_a_message():
         w.ConfirmWindow(0)
 
 
-def test_producer_logs_what_failed_with_its_ids(caplog):
-    producer = AMQPProducer('q', AMQPProps(exchange='x'), window=10)
-    producer.window.sent(record(1, deadline=1.0))
-    producer.window.sent(record(2, deadline=1.0))
-    with caplog.at_level(logging.ERROR, 'zamqp'):
-        producer.window.expire(2.0)
-    (line,) = [r.getMessage() for r in caplog.records]
-    assert 'm1, m2' in line and 'not confirmed within' in line
+def test_producer_logs_a_nack_with_count_and_ids(caplog):
+    producer = AMQPProducer('q', AMQPProps(exchange='x'), window=1000)
+    for n in range(1, 101):
+        producer.window.sent(record(n))
+    with caplog.at_level(logging.DEBUG, 'zamqp'):
+        producer.window.nack(100, multiple=True)
+    error, debug = [r.getMessage() for r in caplog.records]
+    assert error.startswith('100 messages: m1, m2, m3 ... m98, m99, m100 ')
+    assert 'nacked by the broker' in error and len(error) < 200
+    assert debug.count(', ') == 99
+
+
+def test_id_summary():
+    assert id_summary(['a', 'b']) == '2 message(s): a, b'
+    assert id_summary([str(n) for n in range(10)]) == \
+        '10 messages: 0, 1, 2 ... 7, 8, 9'
 
 
 def test_unknown_confirm_value_is_refused():

@@ -63,21 +63,31 @@ def figures(request):
 
 
 class Errors(logging.Handler):
-    """Collects the zamqp ERROR lines (they name failed message ids)."""
+    """Collects the zamqp ERROR lines (they name failed message ids:
+    count, first and last) and the DEBUG lines that list all of them."""
 
     def __init__(self):
-        super().__init__(logging.ERROR)
+        super().__init__(logging.DEBUG)
         self.lines = []
+        self.level_before = None
 
     def emit(self, record):
-        self.lines.append(record.getMessage())
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR or \
+                text.startswith('message ids: '):
+            self.lines.append(text)
 
     def __enter__(self):
-        logging.getLogger('zamqp').addHandler(self)
+        logger = logging.getLogger('zamqp')
+        self.level_before = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
         return self
 
     def __exit__(self, *exc_info):
-        logging.getLogger('zamqp').removeHandler(self)
+        logger = logging.getLogger('zamqp')
+        logger.removeHandler(self)
+        logger.setLevel(self.level_before)
 
 
 class Stream(threading.Thread):
@@ -141,6 +151,8 @@ class Stream(threading.Thread):
         logged = set()
         for line in errors.lines:
             logged.update(re.findall(rf'{prefix}-\d+', line))
+        if self.close_error is not None:
+            logged.update(self.close_error.message_ids)
         ok = [message_id for _, message_id in self.ok]
         got = set(received)
         lost = [i for i in ok if i not in got and i not in logged]
@@ -159,7 +171,9 @@ class Stream(threading.Thread):
         return figures
 
 
-def run_streams(props, url, kinds, fault, restore, scenario):
+def run_streams(props, url, kinds, fault, restore, scenario,
+               reconnect=False):
+    """``reconnect``: the admin connection does not survive the fault."""
     admin = Admin(url)
     admin.channel.exchange_declare(props.exchange, 'direct', durable=True,
                                    auto_delete=False)
@@ -175,6 +189,8 @@ def run_streams(props, url, kinds, fault, restore, scenario):
             time.sleep(2 * TIMEOUT)
             for stream in streams:
                 stream.stop()
+        if reconnect:
+            admin = Admin(url)
         results = {s.kind: (s, s.account(admin, errors, scenario, cleared))
                    for s in streams}
         return results, errors
@@ -251,3 +267,32 @@ def test_silent_stall_loses_nothing_silently(broker):
         # a stalled write or confirm is noticed within about the timeout
         assert figures['slowest'] < 4 * TIMEOUT + 5
         assert figures['recovery'] < 4 * TIMEOUT + 5
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_mid_window_loses_nothing_silently(broker):
+    # kill -9 of the node while every producer has messages in flight;
+    # the node restarts on the same data directory (durable queues and
+    # the persistent messages it confirmed survive)
+    props = AMQPProps(url=broker.url, exchange=unique(), type='direct',
+                      timeout=TIMEOUT, connect_timeout=3)
+    down = {}
+
+    def fault():
+        broker.kill()
+        down['at'] = time.monotonic()
+
+    def restore():
+        broker.start()
+        down['took'] = time.monotonic() - down['at']
+    results, errors = run_streams(
+        props, broker.url, ('default', 'confirm', 'commit'), fault,
+        restore, 'kill -9', reconnect=True)
+    FIGURES.append(f"kill -9: the node was down {down['took']:.1f} s")
+    for kind in ('default', 'confirm', 'commit'):
+        stream, figures = results[kind]
+        assert figures['received'] > 0
+        assert figures['recovery'] < 3 * TIMEOUT
+    # the default producer resends its window: nothing it took is given up
+    assert results['default'][1]['logged'] == 0
+    assert results['commit'][1]['logged'] == 0
