@@ -175,13 +175,21 @@ class AMQPProducer:
     its message is written; confirms are read as they arrive, before
     the next publish. A publish with a full window reads confirms until
     there is room, at most ``confirm_timeout`` seconds, then raises
-    PublishFailed. After a reconnect the unconfirmed messages are
-    published again first, in order (so a receiver may see a message
-    twice; its ``message_id`` tells). A message nacked by the broker or
-    not confirmed within ``confirm_timeout`` of its publishing is logged
-    at ERROR with its id, as nobody waits for it any more; ``flush()``
-    (and ``close()``, which flushes) raise NotConfirmed instead for what
-    was still outstanding.
+    PublishFailed (the message was not taken). A message nobody waits
+    for is kept until the broker confirms it: when the oldest
+    unconfirmed message of a connection waited ``confirm_timeout`` for
+    its confirm (and the broker does not block publishers, nor unblocked
+    them less than ``confirm_timeout`` ago), the connection counts as
+    stalled and is dropped; after a reconnect (backoff) the unconfirmed
+    messages are published again first, in order, as often as it takes
+    (so a receiver may see a message twice; its ``message_id`` tells).
+    While messages are unconfirmed a keeper thread does this when no
+    call does. A message is given up, logged at ERROR with its id, only
+    when the broker nacks it, returns it (``mandatory=True``), or when
+    ``flush()`` (and ``close()``, which flushes) end with it still
+    unconfirmed: they raise NotConfirmed for it. A publish on commit
+    (``publish_committed``) never waits for a broker that cannot be
+    reached: its message waits in the window, unsent.
 
     ``True``: the same, and a call returns only once the broker
     confirmed its message; it raises NotConfirmed (a PublishFailed) when
@@ -645,7 +653,7 @@ class AMQPProducer:
     def _keep(self):
         """Start the keeper thread unless it runs (or we are closed)."""
         if self._keeper is not None or self._closed or \
-                self.confirm is False:
+                self.confirm is not None:
             return
         keeper = threading.Thread(target=self._keep_going, daemon=True,
                                   name=f'zamqp-producer-{self.queue}')
@@ -677,7 +685,7 @@ class AMQPProducer:
             else:
                 if self.window.orphans or self._later:
                     self._resend(now)
-                self.connection.poll()
+                self._read_now()
                 self._check_stall(time.monotonic())
         except PublishFailed:
             pass            # blocked: resend later, connection kept
@@ -687,6 +695,18 @@ class AMQPProducer:
             logger.exception('zamqp producer keeper for %r failed',
                              self.props.exchange)
             self._retry_at = time.monotonic() + self.backoff.cap
+
+    def _read_now(self):
+        """Handle the frames the broker sent, without waiting."""
+        if self.connection._readiness is not None:
+            self.connection.poll()
+            return
+        conn = self.connection.connection     # TLS: py-amqp reads
+        try:
+            while True:
+                conn.drain_events(timeout=0)
+        except socket.timeout:
+            pass
 
     # confirms (called with records of one batch or one message)
 
