@@ -309,9 +309,15 @@ class AMQPConsumer:
         """The broker closed the channel: a handler outlived the
         broker's consumer_timeout."""
         self.stats.count('timeouts')
+        session = self.session
         delivery = self.worker.current
+        if delivery is not None and (
+                delivery.abandoned() or session is None
+                or delivery.message.channel is not session.channel):
+            delivery = None     # of an earlier channel: counted then
         what = 'the message in hand'
         if delivery is not None:
+            delivery.abandon()  # before its handler can return
             lost = self.policy.redeliveries.lost(
                 delivery.message, 'its handler outlived consumer_timeout')
             what = (f'message {_message_id(delivery.message)} (lost '
@@ -432,12 +438,14 @@ class AMQPConsumer:
                 return
             self._callback_failed(message, exc)
             return
-        self.stats.count('handled')
         delivery = self.worker.current
-        if delivery is None or not delivery.abandoned():
-            # a handler that returned after its delivery was lost (the
-            # broker's consumer_timeout) keeps the count: it comes again
-            self.policy.redeliveries.forget(message)
+        if delivery is not None and delivery.abandoned():
+            # returned after its delivery was lost (the broker's
+            # consumer_timeout): not acknowledged, it comes again, and
+            # the loss stays counted
+            return
+        self.stats.count('handled')
+        self.policy.redeliveries.forget(message)
         if self.ack:
             results.append((Verdict.ACK, message, None))
 
@@ -502,6 +510,8 @@ class AMQPConsumer:
 
 class _Fingerprint:
     """Stands for a delivery known only by its frames' fingerprint."""
+
+    properties = None
 
     def __init__(self, fingerprint):
         self.zamqp_key = fingerprint

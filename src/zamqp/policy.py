@@ -1,6 +1,7 @@
 """Verdicts on received messages: acknowledge, retry, dead-letter, drop."""
 import collections
 import enum
+import zlib
 
 from zamqp import deadletter
 
@@ -20,10 +21,6 @@ class Verdict(enum.Enum):
     DROP = 'drop'
 
 
-#: Header a quorum queue adds to a redelivered message: earlier deliveries.
-DELIVERY_COUNT = 'x-delivery-count'
-
-
 class RetryPolicy:
     """Decides the verdict of a refused message or a failed handler.
 
@@ -32,8 +29,8 @@ class RetryPolicy:
     dead-lettered to ``dead_letter_exchange`` if there is one, else
     dropped. A refused message (it cannot be decoded or checked) is given
     up at once. Failures are counted from the ``x-zamqp-retries`` header
-    zamqp's retry copies carry, a quorum queue's ``x-delivery-count``,
-    and the deliveries this process saw lost mid-handling
+    zamqp's retry copies carry and the deliveries this process saw lost
+    mid-handling
     (``redeliveries``: a broker's consumer_timeout, a crash), whichever
     is highest.
     """
@@ -47,13 +44,12 @@ class RetryPolicy:
             else Redeliveries()
 
     def failures(self, message):
-        """How often handling ``message`` failed before."""
-        counted = deadletter.retries(message)
-        headers = message.headers or {}
-        delivered = headers.get(DELIVERY_COUNT)
-        if isinstance(delivered, int) and delivered > counted:
-            counted = delivered
-        return max(counted, self.redeliveries.count(message))
+        """How often handling ``message`` failed before: its retry copies
+        and the deliveries of it this consumer lost mid-handling. (A
+        quorum queue's ``x-delivery-count`` is not used: it also counts
+        prefetched messages returned unhandled when a channel closes.)"""
+        return max(deadletter.retries(message),
+                   self.redeliveries.count(message))
 
     def exhausted(self, message):
         """The fate text if ``message`` was lost mid-handling too often to
@@ -90,13 +86,23 @@ class RetryPolicy:
         return Verdict.DROP, 'lost (the consumer does not ack)'
 
 
-def key(message):
+def keys(message):
     """What identifies a delivery across redeliveries without decoding
-    it: the fingerprint zamqp.frames gives, else the message id."""
+    it: its message id (zamqp's producers always set one); without one,
+    the fingerprint of its content header (zamqp.frames) and the CRC of
+    its raw body (the broker may change the header on redelivery, as a
+    quorum queue's ``x-delivery-count``)."""
+    message_id = (message.properties or {}).get('message_id')
+    if message_id:
+        return [('id', message_id)]
+    found = []
     fingerprint = getattr(message, 'zamqp_key', None)
     if fingerprint is not None:
-        return fingerprint
-    return (message.properties or {}).get('message_id') or id(message)
+        found.append(('frames', fingerprint))
+    body = getattr(message, 'body', None)
+    if isinstance(body, (bytes, bytearray)) and body:
+        found.append(('body', len(body), zlib.crc32(body)))
+    return found or [('object', id(message))]
 
 
 class Redeliveries:
@@ -115,27 +121,30 @@ class Redeliveries:
         self._lost = collections.OrderedDict()   # key -> [count, reason]
 
     def lost(self, message, reason):
-        entry = self._lost.pop(key(message), None) or [0, reason]
-        entry[0] += 1
-        entry[1] = reason
-        self._lost[key(message)] = entry
+        """Count one loss of ``message``; return how many it had."""
+        count = self.count(message) + 1
+        for key in keys(message):
+            self._lost.pop(key, None)
+            self._lost[key] = [count, reason]
         while len(self._lost) > self.size:
             self._lost.popitem(last=False)
-        return entry[0]
+        return count
 
     def count(self, message):
         if not self._lost:
             return 0
-        entry = self._lost.get(key(message))
-        return entry[0] if entry else 0
+        return max(self._lost.get(key, (0,))[0] for key in keys(message))
 
     def reason(self, message):
-        entry = self._lost.get(key(message))
-        return entry[1] if entry else ''
+        for key in keys(message):
+            if key in self._lost:
+                return self._lost[key][1]
+        return ''
 
     def forget(self, message):
         if self._lost:
-            self._lost.pop(key(message), None)
+            for key in keys(message):
+                self._lost.pop(key, None)
 
     def __len__(self):
         return len(self._lost)

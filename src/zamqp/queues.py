@@ -5,6 +5,14 @@ from zamqp.exceptions import ConfigurationError
 QUEUE_TYPES = (None, 'classic', 'quorum')
 
 
+def quorum_delivery_limit(max_retries):
+    """The ``x-delivery-limit`` of a quorum queue: a safety net well
+    above ``max_retries + 1``. The broker counts every return of a
+    message, prefetched ones that a closed channel gave back unhandled
+    included; zamqp counts the failures of handlers itself."""
+    return max(20, 5 * (max_retries + 1))
+
+
 class QueueDeclaration:
     """How a consumer's queue is declared.
 
@@ -36,7 +44,8 @@ class QueueDeclaration:
             return None
         arguments = {'x-queue-type': self.queue_type}
         if self.queue_type == 'quorum':
-            arguments['x-delivery-limit'] = self.max_retries + 1
+            arguments['x-delivery-limit'] = \
+                quorum_delivery_limit(self.max_retries)
             if self.dead_letter_exchange:
                 arguments['x-dead-letter-exchange'] = \
                     self.dead_letter_exchange

@@ -332,7 +332,7 @@ def test_quorum_queue(props, work, dead, start, admin):
                             queue_type='quorum', max_retries=1)
     assert consumer.durable
     assert consumer.queue_arguments() == {
-        'x-queue-type': 'quorum', 'x-delivery-limit': 2,
+        'x-queue-type': 'quorum', 'x-delivery-limit': 20,
         'x-dead-letter-exchange': dead}
     start(consumer)
     with pytest.raises(amqp_errors.PreconditionFailed) as info:

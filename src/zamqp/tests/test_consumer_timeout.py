@@ -134,20 +134,9 @@ class Handler:
             return all(self.calls[body] for body in bodies)
 
 
-QUORUM_BUGS = (
-    'quorum queues: (a) the x-delivery-count header the broker adds makes '
-    'every redelivery a new zamqp_key, so the consumer never counts the lost '
-    'deliveries and the broker dead-letters the message (x-death, no '
-    'x-zamqp-error); (b) every channel close returns all prefetched '
-    'messages and raises their delivery count, so x-delivery-limit = '
-    'max_retries + 1 dead-letters the messages behind the slow one, never '
-    'handled')
-
-
 @pytest.mark.parametrize('queue_type,max_retries', [
     (None, 1), (None, 2),
-    pytest.param('quorum', 1, marks=pytest.mark.xfail(
-        reason=QUORUM_BUGS, strict=True))],
+    ('quorum', 1)],
     ids=['classic-1', 'classic-2', 'quorum-1'])
 def test_handler_outliving_consumer_timeout(broker, threads, admin, caplog,
                                             queue_type, max_retries):
@@ -259,9 +248,9 @@ def test_the_timer_runs_from_the_delivery_not_the_handler_start(
 
 def test_quorum_queue_with_prefetch_1_keeps_the_messages_behind(
         broker, threads, admin):
-    """The workaround for quorum queues: with prefetch=1 nothing waits
-    on the channel behind the slow handler, so only the slow message
-    reaches its delivery limit (dead-lettered by the broker)."""
+    """With prefetch=1 nothing waits on the channel behind the slow
+    handler: the slow message is dead-lettered by zamqp after
+    max_retries lost deliveries, the ones behind are all handled."""
     props = private_props(broker.address, unique())
     queue = unique('zamqp.timeout.quorum1')
     dead = props.exchange + '.dead'
@@ -288,10 +277,11 @@ def test_quorum_queue_with_prefetch_1_keeps_the_messages_behind(
         admin.delete_queue(queue)
         admin.delete_queue(dead)
     assert alive and status['timeouts'] >= 1
-    assert [m.headers['x-death'][0]['reason'] for m in letters] == \
-        ['delivery_limit']
+    assert [m.headers['x-zamqp-error'] for m in letters] == [
+        'MessageRefused: not handled again: it was lost mid-handling 2 '
+        'times (its handler outlived consumer_timeout)']
     report(f'consumer_timeout {TIMEOUT:g} s, handler {SLOW:g} s, quorum '
-           f'queue, max_retries 1, prefetch 1: dead-lettered by the broker '
+           f'queue, max_retries 1, prefetch 1: dead-lettered by zamqp '
            f'{to_dead_letter:.1f} s after publishing, slow handler ran '
            f'{handler.calls["slow"]} times, channel timeouts '
            f'{status["timeouts"]}; all 10 messages behind it handled')

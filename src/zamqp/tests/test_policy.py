@@ -62,11 +62,12 @@ def test_refused_messages_are_given_up_at_once():
     assert RetryPolicy(True, 3, None).on_refused()[0] is Verdict.DROP
 
 
-def test_quorum_delivery_count_counts_as_failures():
+def test_quorum_delivery_count_is_not_a_failure_count():
+    # a quorum queue raises it for prefetched messages returned unhandled
     policy = RetryPolicy(True, 2, 'dlx')
-    assert policy.failures(message(headers={'x-delivery-count': 5})) == 5
+    assert policy.failures(message(headers={'x-delivery-count': 5})) == 0
     assert policy.on_failure(
-        message(headers={'x-delivery-count': 2}))[0] is Verdict.DEAD
+        message(headers={'x-delivery-count': 2}))[0] is Verdict.RETRY
 
 
 def test_bad_retry_headers_count_as_zero():
@@ -94,17 +95,38 @@ def test_messages_lost_mid_handling_too_often_are_exhausted():
     assert policy.exhausted(msg) is None
 
 
-def test_redeliveries_are_bounded_and_keyed_by_fingerprint():
-    redeliveries = Redeliveries(size=3)
+def test_redeliveries_are_bounded_and_keyed_by_id_and_fingerprint():
+    redeliveries = Redeliveries(size=6)
     for n in range(5):
         redeliveries.lost(message(message_id=f'm{n}'), 'crash')
-    assert len(redeliveries) == 3
+    assert len(redeliveries) == 5
+    redeliveries.lost(message(message_id='m5'), 'crash')
+    redeliveries.lost(message(message_id='m6'), 'crash')
+    assert len(redeliveries) == 6
     assert redeliveries.count(message(message_id='m0')) == 0
-    assert redeliveries.count(message(message_id='m4')) == 1
+    assert redeliveries.count(message(message_id='m6')) == 1
+    # the broker changed its headers (x-delivery-count): same message id
     a, b = message(message_id='same'), message(message_id='same')
     a.zamqp_key, b.zamqp_key = 1, 2
-    redeliveries.lost(a, 'crash')
-    assert redeliveries.count(a) == 1 and redeliveries.count(b) == 0
+    redeliveries.lost(a, 'timeout')
+    assert redeliveries.count(b) == 1
+    # no message id: the body, whatever the broker did to the header
+    e, f = message(message_id=None), message(message_id=None)
+    e.zamqp_key, f.zamqp_key = 1, 2
+    redeliveries.lost(e, 'timeout')
+    assert redeliveries.count(f) == 1
+    assert redeliveries.count(message(message_id=None, body=b'other')) == 0
+    # known only by its fingerprint (a crash while reading it)
+    c = message(message_id=None, body=b'c')
+    d = message(message_id=None, body=b'd')
+    c.zamqp_key = d.zamqp_key = 7
+    redeliveries.lost(c, 'crash')
+    assert redeliveries.count(d) == 1 and redeliveries.reason(d) == 'crash'
+    redeliveries.lost(d, 'crash')
+    assert redeliveries.count(c) == 2
+    redeliveries.forget(d)
+    assert redeliveries.count(d) == 0
+    assert redeliveries.count(c) == 1     # its own body's loss remains
 
 
 # Settlement
