@@ -47,6 +47,8 @@ from amqp.basic_message import Message
 from amqp.exceptions import FrameSyntaxError
 from amqp.exceptions import UnexpectedFrame
 
+from zamqp.limits import too_large
+
 __all__ = ('HEADER_DEPTH', 'FrameHandler', 'InboundMessage', 'install')
 
 #: Deepest nesting of tables and arrays accepted in application headers,
@@ -298,8 +300,7 @@ class FrameHandler:
         msg.zamqp_fault = reason if old is None else f'{old}; {reason}'
 
     def _oversized(self, channel, msg):
-        self._fault(msg, f'body of {msg.body_size} bytes is larger than '
-                         f'max_size {self.max_size}')
+        self._fault(msg, too_large(msg.body_size, self.max_size))
         if msg.body_size:
             self.discarding.add(channel)
 

@@ -33,10 +33,15 @@ def check_limit(value, setting):
 def check_size(body, max_size):
     """Raise MessageRefused if ``body`` is longer than ``max_size``."""
     if max_size is not None and len(body) > max_size:
-        raise MessageRefused(
-            f"the body has {len(body)} bytes, more than max_size="
-            f"{max_size}: not decoded; raise max_size on the consumer or "
-            "props if such messages are expected")
+        raise MessageRefused(too_large(len(body), max_size))
+
+
+def too_large(size, max_size):
+    """Why a body of ``size`` bytes is refused (zamqp.frames says it
+    before the body arrives, check_size after)."""
+    return (f"the body has {size} bytes, more than max_size={max_size}: "
+            "not decoded; raise max_size on the consumer or props if such "
+            "messages are expected")
 
 
 def check_depth(value, max_depth):

@@ -146,7 +146,7 @@ def test_oversized_body_is_dead_lettered_empty(make_props, start, admin):
         # the properties were decoded: the dead letter keeps them
         assert letter.properties['message_id'] == 'big'
         assert letter.properties['content_type'] == 'application/json'
-        assert 'body of 1000002 bytes is larger than max_size 100000' in \
+        assert 'the body has 1000002 bytes, more than max_size=100000' in \
             letter.headers['x-zamqp-error']
     finally:
         raw.close()
