@@ -443,6 +443,10 @@ class AMQPConsumer:
             # returned after its delivery was lost (the broker's
             # consumer_timeout): not acknowledged, it comes again, and
             # the loss stays counted
+            logger.info('consumer %s: the handler of message %s returned '
+                        'after the message was given back; it is handled '
+                        'again when redelivered', self.queue_name,
+                        _message_id(message))
             return
         self.stats.count('handled')
         self.policy.redeliveries.forget(message)

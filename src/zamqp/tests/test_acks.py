@@ -303,18 +303,21 @@ def test_results_for_a_dead_channel_are_dropped(props, work, start, admin,
         if len(calls) == 1:        # cut the connection under the callback
             first = consumer.connection
             first.connection.transport.sock.shutdown(socket.SHUT_RDWR)
-            assert wait_for(lambda: consumer.connection is not first
-                            and consumer.connection.is_open, timeout=10)
+            assert wait_for(lambda: (now := consumer.connection) is not None
+                            and now is not first and now.is_open,
+                            timeout=10)
 
     consumer.callback = callback
     start(consumer)
     AMQPProducer(work, props)('once')
     assert wait_for(lambda: len(calls) == 2, timeout=10)
     time.sleep(0.3)
-    # the broker delivered it again; the stale result acked nothing
+    # the broker delivered it again; the first handler's return, after
+    # its message was given back with the channel, acked nothing
     assert calls == [('once', False), ('once', True)]
     assert admin.queue_depth(work) == 0
-    assert zamqp_log(caplog, 'channel of message', 'is gone')
+    assert zamqp_log(caplog, 'returned after the message was given back')
+    assert consumer.status()['handled'] == 1
     assert consumer.error is None
 
 
