@@ -185,3 +185,40 @@ def test_handler_outliving_stop_sees_its_message_given_back(
     finally:
         release.set()
         admin.delete_queue(consumer.queue)
+
+
+def test_copies_of_a_message_with_headers_near_frame_max_fit(
+        props, start, admin):
+    import amqp
+    calls = []
+
+    def failing(body):
+        calls.append(body)
+        raise ValueError('x' * 2000)
+
+    consumer = AMQPConsumer(unique('big'), props, failing, shared=True,
+                            max_retries=1)
+    start(consumer)
+    headers = {f'h{n}': 'v' * 200 for n in range(600)}
+    size = len(amqp.Message(b'', application_headers=headers)
+               ._serialize_properties())
+    headers['pad'] = 'p' * (131072 - deadletter.HEADER_OVERHEAD - size - 200)
+    import pickle
+    message = amqp.Message(pickle.dumps('big'), application_headers=headers,
+                           content_type='application/x-python-serialize',
+                           message_id='big-headers')
+    admin.channel.basic_publish(message, props.exchange, consumer.queue)
+    try:
+        dead = []
+        assert wait_for(lambda: dead.extend(dead_letters(admin, props))
+                        or dead, timeout=10)
+        assert calls == ['big', 'big']      # retried once, then dead
+        letter = dead[0]
+        assert letter.properties['message_id'] == 'big-headers'
+        assert letter.headers[deadletter.HEADERS_DROPPED] is True
+        assert letter.headers[deadletter.ERROR].startswith('ValueError: xxx')
+        status = consumer.status()
+        assert status['reconnects'] == 0 and status['state'] == 'consuming'
+        assert (status['retried'], status['dead_lettered']) == (1, 1)
+    finally:
+        admin.delete_queue(consumer.queue)
