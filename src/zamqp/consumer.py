@@ -12,6 +12,8 @@ from zamqp.connection import explain
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import MessageRefused
 from zamqp.interfaces import IConsumer
+from zamqp.logtext import loggable
+from zamqp.logtext import message_id as _message_id
 from zamqp.policy import Redeliveries
 from zamqp.policy import RetryPolicy
 from zamqp.policy import Verdict
@@ -21,8 +23,6 @@ from zamqp.queues import QueueDeclaration
 from zamqp.serializers import Decoder
 from zamqp.session import Session
 from zamqp.session import WorkerDied
-from zamqp.session import loggable
-from zamqp.session import message_id as _message_id
 from zamqp.status import ConsumerStatus
 from zamqp.status import State
 from zamqp.unpickling import AllowRules

@@ -250,6 +250,7 @@ class AMQPProducer:
         self._down_logged = False
         self._retry_at = 0.0        # when the keeper may reconnect
         self._keeper = None         # the keeper thread, while it runs
+        self._connected_once = False    # reconnect only after a success
         self._closed = False        # close() runs
         self._later = collections.deque()   # records queued without lock
 
@@ -343,8 +344,8 @@ class AMQPProducer:
         """After a failed attempt: drop the connection, wait a backoff
         delay and return, or raise once ``deadline`` would pass."""
         if isinstance(exc, ConnectionFailed):
-            if not exc.recoverable:
-                raise exc
+            if not exc.recoverable or not self._connected_once:
+                raise exc       # a setting, or no broker from the start
         else:
             self._lost(exc)
         refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
@@ -411,6 +412,7 @@ class AMQPProducer:
         channel.events['basic_return'].add(self._on_return)
         self._published = 0
         self._opened = time.time()
+        self._connected_once = True
         if self._down:
             logger.info('connected to %s again; publishing to %r goes on',
                         self.props.url(), self.props.exchange)
@@ -669,6 +671,8 @@ class AMQPProducer:
         while True:
             time.sleep(self.KEEP_INTERVAL)
             with self._lock:
+                if self._keeper is not threading.current_thread():
+                    return      # close() let it go
                 if self._closed or not (len(self.window) or self._later):
                     self._keeper = None
                     return
@@ -849,7 +853,10 @@ class AMQPProducer:
             self._later.clear()
             self.connection.close()
             self._down = False
+            keeper, self._keeper = self._keeper, None
             self._closed = False
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(2 * self.KEEP_INTERVAL)
         if failure is not None:
             raise failure
 

@@ -5,6 +5,7 @@ import socket
 import time
 
 from zamqp import frames
+from zamqp.logtext import message_id
 from zamqp.settlement import Settlement
 
 logger = logging.getLogger('zamqp')
@@ -180,27 +181,3 @@ def buffered(conn):
     """Whether py-amqp holds bytes read from the socket but not parsed
     (zamqp.transport reads ahead); True if that cannot be told."""
     return len(getattr(conn.transport, '_read_buffer', b'x')) > 0
-
-
-def message_id(message):
-    """The message id for a log line, else its delivery tag."""
-    message_id = (message.properties or {}).get('message_id')
-    if message_id:
-        return loggable(message_id, 100)
-    info = message.delivery_info or {}
-    return f"(delivery tag {info.get('delivery_tag')})"
-
-
-def loggable(value, limit=1000):
-    """``str(value)`` made safe for a log line: control characters (a
-    sender's newline could fake log lines) escaped, at most ``limit``
-    characters kept."""
-    try:
-        text = str(value)
-    except Exception as exc:    # a hostile __str__ (never from pickles)
-        text = f'<unprintable {type(value).__name__}: {type(exc).__name__}>'
-    if len(text) > limit:
-        text = text[:limit] + '...'
-    if text.isprintable():
-        return text
-    return text.encode('unicode_escape').decode('ascii')

@@ -7,6 +7,7 @@ from zamqp import runner
 from zamqp.consumer import AMQPThread
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import broker_props
+from zamqp.testhelpers import wait_for
 from zamqp.testhelpers import zamqp_threads
 
 
@@ -71,8 +72,10 @@ def clean_globals():
 
 @pytest.fixture
 def no_leaked_threads():
-    """Fail the test if a consumer thread outlives it."""
+    """Fail the test if a zamqp thread outlives it (a producer's keeper
+    thread may take a round, KEEP_INTERVAL, to see its last confirm)."""
     yield
+    wait_for(lambda: not zamqp_threads(), timeout=1.0)
     assert zamqp_threads() == []
 
 

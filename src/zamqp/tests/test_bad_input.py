@@ -188,7 +188,8 @@ def test_consumer_connects_once_broker_comes_up(props, caplog,
         proxy.start()
         assert wait_for(lambda: thread.consumer.error is None, timeout=5)
         logged(caplog, 'connected again')
-        AMQPProducer('late', props)('hello')
+        with AMQPProducer('late', props) as producer:
+            producer('hello')
         assert wait_for(lambda: got == ['hello'])
     finally:
         assert thread.stop()
@@ -196,7 +197,8 @@ def test_consumer_connects_once_broker_comes_up(props, caplog,
 
 
 def test_exchange_of_another_type(props, start, no_leaked_threads):
-    AMQPProducer('q', props)('declares a fanout exchange')
+    with AMQPProducer('q', props) as producer:
+        producer('declares a fanout exchange')
     other = broker_props(exchange=props.exchange, type='direct')
     with pytest.raises(ConnectionFailed) as info:
         AMQPProducer('q', other)('x')
