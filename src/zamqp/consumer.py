@@ -17,7 +17,6 @@ from zamqp.logtext import message_id as _message_id
 from zamqp.policy import Redeliveries
 from zamqp.policy import RetryPolicy
 from zamqp.policy import Verdict
-from zamqp.queues import QUEUE_TYPES  # noqa: F401 (kept importable)
 from zamqp.queues import ConsumerConnection
 from zamqp.queues import QueueDeclaration
 from zamqp.serializers import Decoder

@@ -43,6 +43,16 @@ PrivateBroker.kill_node(node)
 """
 
 
+#: Figures the fault tests measured; conftest shows them again at the end.
+FIGURES = []
+
+
+def report(line):
+    """Print a measured figure and keep it for the end of the run."""
+    FIGURES.append(line)
+    print(line)
+
+
 def missing():
     """True where private nodes cannot be started and that is acceptable:
     RabbitMQ is not installed here and this is not CI (scripts/test

@@ -9,6 +9,7 @@ from zamqp.testhelpers import Admin
 from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import wait_for
 from zamqp.testhelpers import zamqp_threads
+from zamqp.tests import brokers
 
 
 @pytest.fixture
@@ -91,3 +92,23 @@ def pings():
 
     zope.event.subscribers.append(subscriber)
     return seen
+
+
+@pytest.fixture(scope='module')
+def broker():
+    """A private RabbitMQ node for the whole module (never the shared
+    broker: fault tests stop, kill, alarm and stall it)."""
+    node = brokers.PrivateBroker()
+    try:
+        node.start()
+        yield node
+    finally:
+        node.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show the figures the fault tests measured again, at the end."""
+    if brokers.FIGURES:
+        terminalreporter.write_line('')
+        for line in brokers.FIGURES:
+            terminalreporter.write_line(f'zamqp figures: {line}')

@@ -326,7 +326,7 @@ class RawPublisher:
         try:
             self.sock.sendall(b''.join(data))
             self.published += 1
-            args = self._expect(ch, (60, 80))           # Basic.Ack
+            self._expect(ch, (60, 80))                  # Basic.Ack
         except Closed as exc:
             self._recover(exc)
             return f'refused: {exc}'

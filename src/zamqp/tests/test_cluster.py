@@ -19,8 +19,7 @@ from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests import brokers
 from zamqp.tests.test_faults import Tally
-from zamqp.tests.test_faults import figures  # noqa: F401 (autouse)
-from zamqp.tests.test_faults import report
+from zamqp.tests.brokers import report
 
 
 # multi-host settings

@@ -24,9 +24,8 @@ from zamqp.testhelpers import Admin
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests import brokers
-from zamqp.tests.test_faults import figures  # noqa: F401 (autouse)
 from zamqp.tests.test_faults import private_props
-from zamqp.tests.test_faults import report
+from zamqp.tests.brokers import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '

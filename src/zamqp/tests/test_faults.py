@@ -24,46 +24,12 @@ from zamqp.exceptions import PublishFailed
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests import brokers
+from zamqp.tests.brokers import report
 from zamqp.tests.proxy import Proxy
 
 pytestmark = pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
     '(ZAMQP_TEST_URL points elsewhere); CI requires it')
-
-FIGURES = []
-
-
-@pytest.fixture(scope='module')
-def broker():
-    """One private RabbitMQ node for the whole module."""
-    node = brokers.PrivateBroker()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.cleanup()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def figures(request):
-    """Show every test's figures again at the end of the run."""
-    yield
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin('terminalreporter')
-    capture = plugins.get_plugin('capturemanager')
-    if reporter is None or capture is None or not FIGURES:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line('')
-        for line in FIGURES:
-            reporter.write_line(f'zamqp figures: {line}')
-    del FIGURES[:]
-
-
-def report(line):
-    FIGURES.append(line)
-    print(line)
-
 
 @pytest.fixture
 def threads(start):

@@ -25,41 +25,16 @@ from zamqp.exceptions import PublishFailed
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import unique
 from zamqp.tests import brokers
+from zamqp.tests.brokers import report
 from zamqp.tests.proxy import Proxy
 
 pytestmark = pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
     '(ZAMQP_TEST_URL points elsewhere); CI requires it')
 
-FIGURES = []
 ALARM = 60.0        # seconds each alarm lasts
 STALL = 30.0        # seconds the proxy stalls
 TIMEOUT = 5.0       # the producers' confirm_timeout
-
-
-@pytest.fixture(scope='module')
-def broker():
-    node = brokers.PrivateBroker()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.cleanup()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def figures(request):
-    yield
-    plugins = request.config.pluginmanager
-    reporter = plugins.get_plugin('terminalreporter')
-    capture = plugins.get_plugin('capturemanager')
-    if reporter is None or capture is None or not FIGURES:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line('')
-        for line in FIGURES:
-            reporter.write_line(f'zamqp figures: {line}')
-    del FIGURES[:]
 
 
 class Errors(logging.Handler):
@@ -166,7 +141,7 @@ class Stream(threading.Thread):
         line = f'{scenario} {self.kind}: ' + ', '.join(
             f'{k} {v}' for k, v in figures.items())
         print(line)
-        FIGURES.append(line)
+        report(line)
         assert not lost, f'{line}; lost without an error: {lost[:10]}'
         return figures
 
@@ -288,7 +263,7 @@ def test_kill_9_mid_window_loses_nothing_silently(broker):
     results, errors = run_streams(
         props, broker.url, ('default', 'confirm', 'commit'), fault,
         restore, 'kill -9', reconnect=True)
-    FIGURES.append(f"kill -9: the node was down {down['took']:.1f} s")
+    report(f"kill -9: the node was down {down['took']:.1f} s")
     for kind in ('default', 'confirm', 'commit'):
         stream, figures = results[kind]
         assert figures['received'] > 0

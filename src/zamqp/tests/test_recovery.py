@@ -20,9 +20,8 @@ import pytest
 from zamqp import AMQPConsumer
 from zamqp.testhelpers import unique
 from zamqp.tests import brokers
-from zamqp.tests.test_faults import figures  # noqa: F401 (autouse)
 from zamqp.tests.test_faults import private_props
-from zamqp.tests.test_faults import report
+from zamqp.tests.brokers import report
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
@@ -30,16 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 RESTARTS = 10
 LIMIT = 2.0         # seconds from listening to consuming and receiving
-
-
-@pytest.fixture(scope='module')
-def broker():
-    node = brokers.PrivateBroker()
-    try:
-        node.start()
-        yield node
-    finally:
-        node.cleanup()
 
 
 class Seen:

@@ -1,6 +1,4 @@
 """Supervised consumers: zamqp's own errors never end or wedge them."""
-import logging
-
 import pytest
 
 from zamqp import AMQPConsumer
