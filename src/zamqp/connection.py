@@ -17,6 +17,9 @@ from zamqp.transport import connection_class
 
 logger = logging.getLogger('zamqp')
 
+#: Errors that end a connection's use: the socket or the protocol failed
+#: (a consumer reconnects after them).
+CONNECTION_LOST = (OSError, amqp_errors.AMQPError)
 #: Errors after which the same call may work again (broker down, cut).
 RECOVERABLE = (OSError, amqp_errors.RecoverableConnectionError,
                amqp_errors.RecoverableChannelError)

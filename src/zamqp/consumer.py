@@ -8,6 +8,7 @@ from amqp import exceptions as amqp_errors
 from zope.interface import implementer
 
 from zamqp.backoff import Backoff
+from zamqp.connection import CONNECTION_LOST
 from zamqp.connection import explain
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import MessageRefused
@@ -29,8 +30,6 @@ from zamqp.worker import Worker
 
 logger = logging.getLogger('zamqp')
 
-#: Errors that end a consuming session; the consumer reconnects after them.
-CONNECTION_LOST = (OSError, amqp_errors.AMQPError)
 _DEFAULT = object()
 
 # Default prefetch: acknowledging consumers hold few messages they may
@@ -337,8 +336,10 @@ class AMQPConsumer:
         self.stats.count('crashes')
         self.error = exc
         self.stats.enter(State.RECONNECTING, exc)
-        suspects = [d.message for d in (self.worker.current,) if d]
         session = self.session
+        suspects = [d.message for d in (self.worker.current,) if d]
+        if session is not None and session.settling is not None:
+            suspects.append(session.settling)
         logger.exception('consumer %s: unexpected error (a bug in zamqp, '
                          'please report it); dropping the connection and '
                          'reconnecting', self.queue_name)

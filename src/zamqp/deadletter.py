@@ -46,11 +46,14 @@ def copy(message, frame_max=None, **headers):
     properties = dict(original)
     properties['application_headers'] = dict(
         original.get('application_headers') or {}, **headers)
-    result = amqp.Message(message.body, **properties)
+    body = message.body
+    if isinstance(body, str):   # py-amqp's '' for a message without body
+        body = body.encode('utf-8', 'surrogateescape')
+    result = amqp.Message(body, **properties)
     if frame_max and not fits(result, frame_max):
         properties['application_headers'] = dict(headers,
                                                  **{HEADERS_DROPPED: True})
-        result = amqp.Message(message.body, **properties)
+        result = amqp.Message(body, **properties)
     return result
 
 

@@ -44,6 +44,7 @@ class Session:
             consumer.dead_letter_exchange, self.conn.frame_max,
             consumer.ack_batch)
         self.frames = None
+        self.settling = None    # the message being settled
         self.consumer_tag = None
         self.batch = []         # delivered, not handed to the worker yet
         self.tick = self.next_tick = None
@@ -151,6 +152,7 @@ class Session:
         settle = self.settlement.settle
         while results:
             verdict, message, error = results.popleft()
+            self.settling = message     # for the consumer, if it raises
             if message.channel is not channel:
                 logger.debug(
                     'consumer %s: the channel of message %s is gone, so is '
@@ -159,6 +161,7 @@ class Session:
                     verdict.value)
                 continue
             settle(verdict, message, error)
+        self.settling = None
 
     def finish(self):
         """Cancel, let a running handler finish until the deadline,

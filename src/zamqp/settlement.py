@@ -2,6 +2,9 @@
 import logging
 
 from zamqp import deadletter
+from zamqp.connection import CONNECTION_LOST
+from zamqp.logtext import loggable
+from zamqp.logtext import message_id
 from zamqp.policy import Verdict
 
 logger = logging.getLogger('zamqp')
@@ -18,7 +21,8 @@ class Settlement:
     publishes a copy to ``queue_name`` (through the default exchange),
     DEAD one to ``dead_letter_exchange`` (with ``x-zamqp-error``), each
     fitted into ``frame_max``, then acknowledges the original; DROP
-    rejects it without requeueing. Without ``ack`` messages were
+    rejects it without requeueing, as does a RETRY or DEAD whose copy
+    cannot be written (logged). Without ``ack`` messages were
     acknowledged when taken: only the copies are published. A copy is
     published before its original is acknowledged, on the same channel,
     so a lost connection can duplicate it but not lose it. Counts go to
@@ -45,18 +49,9 @@ class Settlement:
             return
         self.flush()
         channel = self.channel
-        if verdict is Verdict.RETRY:
-            channel.basic_publish(
-                deadletter.retry_copy(message, self.frame_max), '',
-                self.queue_name)
-            self.status.count('retried')
-        elif verdict is Verdict.DEAD:
-            channel.basic_publish(
-                deadletter.dead_letter(message, error, self.queue,
-                                       self.frame_max),
-                self.dead_letter_exchange, self.queue)
-            self.status.count('dead_lettered')
-        else:
+        if verdict is not Verdict.DROP:
+            verdict = self._copy(verdict, message, error)
+        if verdict is Verdict.DROP:
             self.status.count('dropped')
         if not self.ack:
             return
@@ -64,6 +59,31 @@ class Settlement:
             channel.basic_reject(message.delivery_tag, False)
         else:
             channel.basic_ack(message.delivery_tag)
+
+    def _copy(self, verdict, message, error):
+        """Publish the retry or dead-letter copy; return the verdict
+        carried out (DROP when no copy can be made of this message)."""
+        try:
+            if verdict is Verdict.RETRY:
+                self.channel.basic_publish(
+                    deadletter.retry_copy(message, self.frame_max), '',
+                    self.queue_name)
+                self.status.count('retried')
+            else:
+                self.channel.basic_publish(
+                    deadletter.dead_letter(message, error, self.queue,
+                                           self.frame_max),
+                    self.dead_letter_exchange, self.queue)
+                self.status.count('dead_lettered')
+            return verdict
+        except CONNECTION_LOST:
+            raise
+        except Exception as exc:    # a copy py-amqp cannot write
+            logger.error('consumer %s: cannot publish the %s copy of message '
+                         '%s (%s: %s); the message is dropped instead',
+                         self.queue_name, verdict.value, message_id(message),
+                         type(exc).__name__, loggable(exc, 200))
+            return Verdict.DROP
 
     def due(self, idle):
         """Whether the batched ACKs should go out now."""

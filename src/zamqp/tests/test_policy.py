@@ -240,3 +240,35 @@ def test_status_counts_and_states():
     assert snap['last_error'] == 'gone'
     status.enter(State.CONSUMING)
     assert status.snapshot()['last_error'] == 'gone'   # the last one
+
+
+def test_a_copy_that_cannot_be_written_drops_the_message():
+    class Refusing(Channel):
+        def basic_publish(self, msg, exchange, routing_key):
+            raise LookupError('unknown encoding: gzip')
+
+    channel, status = Refusing(), ConsumerStatus()
+    settle = Settlement(channel, 'q', 'q.own', True, status, 'dlx')
+    settle.settle(Verdict.DEAD, message(1), ValueError('x'))
+    settle.settle(Verdict.RETRY, message(2), ValueError('x'))
+    assert channel.calls == [('reject', 1, False), ('reject', 2, False)]
+    counts = status.snapshot()
+    assert (counts['dropped'], counts['dead_lettered']) == (2, 0)
+
+
+def test_a_lost_connection_while_copying_is_raised():
+    class Lost(Channel):
+        def basic_publish(self, msg, exchange, routing_key):
+            raise ConnectionResetError('gone')
+
+    settle = Settlement(Lost(), 'q', 'q.own', True, ConsumerStatus(), 'dlx')
+    with pytest.raises(ConnectionResetError):
+        settle.settle(Verdict.DEAD, message(1), ValueError('x'))
+
+
+def test_copies_of_bodiless_messages_have_bytes_bodies():
+    msg = message(body='', content_encoding='gzip')    # py-amqp's default
+    for copy in (deadletter.dead_letter(msg, 'e', 'q'),
+                 deadletter.retry_copy(msg)):
+        assert copy.body == b''
+        copy._serialize_properties()    # writable

@@ -220,3 +220,31 @@ def test_copies_of_a_message_with_headers_near_frame_max_fit(
         assert (status['retried'], status['dead_lettered']) == (1, 1)
     finally:
         admin.delete_queue(consumer.queue)
+
+
+def test_bodiless_message_with_a_content_encoding_is_dead_lettered(
+        props, start, admin, producer):
+    import amqp
+    got = []
+    consumer = AMQPConsumer(unique('bodiless'), props, got.append,
+                            shared=True, accept='json')
+    start(consumer)
+    # py-amqp gives a bodiless message the body '', which its writer
+    # would encode with the content encoding: the copy must not
+    admin.channel.basic_publish(
+        amqp.Message(b'', content_type='application/json',
+                     content_encoding='gzip', message_id='empty'),
+        props.exchange, consumer.queue)
+    with AMQPProducer(consumer.queue, props, serializer='json') as json:
+        json('after')
+    try:
+        assert wait_for(lambda: got == ['after'])
+        dead = []
+        assert wait_for(lambda: dead.extend(dead_letters(admin, props))
+                        or dead)
+        assert dead[0].properties['message_id'] == 'empty'
+        assert 'cannot decode json' in dead[0].headers[deadletter.ERROR]
+        status = consumer.status()
+        assert status['crashes'] == 0 and status['reconnects'] == 0
+    finally:
+        admin.delete_queue(consumer.queue)
