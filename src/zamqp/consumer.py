@@ -10,6 +10,7 @@ from zope.interface import implementer
 from zamqp.backoff import Backoff
 from zamqp.connection import CONNECTION_LOST
 from zamqp.connection import explain
+from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import MessageRefused
 from zamqp.interfaces import IConsumer
@@ -112,8 +113,8 @@ class AMQPConsumer:
         self.ack = shared if ack is None else ack
         if prefetch is None:
             prefetch = ACK_PREFETCH if self.ack else TAKE_PREFETCH
-        self.prefetch = prefetch
-        self.max_retries = max_retries
+        self.prefetch = _count(prefetch, 'prefetch', 65535)
+        self.max_retries = _count(max_retries, 'max_retries')
         if dead_letter_exchange is _DEFAULT:
             dead_letter_exchange = f'{props.exchange}.dead' if self.ack \
                 else None
@@ -519,6 +520,17 @@ class _Fingerprint:
 
     def __init__(self, fingerprint):
         self.zamqp_key = fingerprint
+
+
+def _count(value, setting, maximum=None):
+    """``value`` if it is a whole number from 0 to ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+            or (maximum is not None and value > maximum):
+        limit = f' to {maximum}' if maximum is not None else ' or more'
+        raise ConfigurationError(
+            f'{setting}={value!r} is not a whole number from 0{limit}: fix '
+            f'AMQPConsumer({setting}=...)')
+    return value
 
 
 def _refused(exc):

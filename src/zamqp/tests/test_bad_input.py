@@ -509,3 +509,14 @@ def test_read_connections_declare_no_transient_shared_queue(props):
         AMQPConnection('q', props, mode='r', exclusive=False)
     assert 'RabbitMQ 4' in str(info.value) and 'durable=True' in \
         str(info.value)
+
+
+@pytest.mark.parametrize('setting,value', [
+    ('prefetch', -1), ('prefetch', '10'), ('prefetch', 70000),
+    ('prefetch', True), ('max_retries', '3'), ('max_retries', -2),
+    ('max_retries', 1.5)])
+def test_consumer_counts_are_checked(props, setting, value):
+    with pytest.raises(ConfigurationError) as info:
+        AMQPConsumer('q', props, print, shared=True, **{setting: value})
+    assert f'{setting}={value!r}' in str(info.value)
+    assert f'AMQPConsumer({setting}=...)' in str(info.value)
