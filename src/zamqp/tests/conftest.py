@@ -61,6 +61,17 @@ def start():
         thread.stop()
 
 
+@pytest.fixture
+def threads(start):
+    """``start``, with consumers that reconnect quickly (fault tests)."""
+
+    def start_quick(consumer):
+        consumer.max_backoff = 1.0
+        return start(consumer)
+
+    return start_quick
+
+
 @pytest.fixture(autouse=True)
 def clean_globals():
     """Leave zope.event, the event producers and the runner as found."""

@@ -56,14 +56,6 @@ def admin(broker):
     conn.close()
 
 
-@pytest.fixture
-def threads(start):
-    def start_quick(consumer):
-        consumer.max_backoff = 1.0
-        return start(consumer)
-    return start_quick
-
-
 def test_the_node_closes_the_channel_soon_after_consumer_timeout(broker):
     """The private node's settings work: an unacknowledged delivery has
     its channel closed between TIMEOUT and TIMEOUT + TICK after it."""

@@ -31,16 +31,6 @@ pytestmark = pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
     '(ZAMQP_TEST_URL points elsewhere); CI requires it')
 
-@pytest.fixture
-def threads(start):
-    """conftest's ``start``, with consumers that reconnect quickly."""
-
-    def start_quick(consumer):
-        consumer.max_backoff = 1.0
-        return start(consumer)
-
-    return start_quick
-
 
 def private_props(address, exchange, **kw):
     kw.setdefault('connect_timeout', 2.0)
