@@ -213,11 +213,13 @@ class FrameHandler:
             elif frame_type == 2:
                 msg = partial[channel]
                 try:
-                    class_id, body_size = unpack_from('>HxxQ', buf, 0)
+                    class_id, body_size, flags = unpack_from(
+                        '>HxxQH', buf, 0)
                 except StructError:
                     raise FrameSyntaxError(
                         f'content header of {len(buf)} bytes on channel '
-                        f'{channel}: too short for a body size') from None
+                        f'{channel}: too short for a body size and '
+                        f'property flags') from None
                 msg.body_size = body_size
                 msg.zamqp_header = buf
                 if (len(buf) > deep and buf[12] & 0x20
@@ -225,7 +227,7 @@ class FrameHandler:
                     header_fault(msg, buf, class_id)
                 else:
                     try:
-                        if buf[13] & 1:
+                        if flags & 1:
                             raise ValueError(_CONTINUED)
                         msg._load_properties(class_id, buf, 12)
                     except Exception as exc:    # RecursionError too
