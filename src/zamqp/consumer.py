@@ -468,7 +468,7 @@ class AMQPConsumer:
     def _given_back(self, message, exc):
         """Whether the consumer had given ``message`` back (stop deadline
         passed, channel lost) before its handler ended: then the handler's
-        error is the consequence (zamqp.zopecontext aborts), not a
+        error is the consequence (zamqp.zope.context aborts), not a
         failure; the message comes again from the queue."""
         delivery = self.worker.current
         if delivery is None or not delivery.abandoned():

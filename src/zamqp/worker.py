@@ -22,7 +22,7 @@ class Delivery:
     while its handler still runs: the stop deadline passed or its channel
     was lost, so the message goes back to the queue and will be
     delivered again. A handler with effects of its own (a ZODB
-    transaction) must then not commit them (zamqp.zopecontext aborts).
+    transaction) must then not commit them (zamqp.zope.context aborts).
     """
 
     __slots__ = ('message', '_abandoned')

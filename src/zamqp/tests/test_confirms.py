@@ -14,7 +14,7 @@ from zope.configuration import xmlconfig
 
 import zamqp
 from zamqp import AMQPProducer
-from zamqp import settings
+from zamqp.zope import settings
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
 from zamqp import NotConfirmed

@@ -14,7 +14,7 @@ from zamqp import AMQPThread
 from zamqp import ConfigurationError
 from zamqp import ConnectionFailed
 from zamqp.serializers import Decoder
-from zamqp.spec import ConsumerSpec
+from zamqp.zope.spec import ConsumerSpec
 from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import free_port
 from zamqp.testhelpers import unique

@@ -1,5 +1,5 @@
 """Starting and stopping consumers, opening and closing connections, and
-zamqp.lifecycle's supervisor restarting consumers that ended."""
+zamqp.zope.lifecycle's supervisor restarting consumers that ended."""
 import logging
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from zamqp import AMQPConnection
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import AMQPThread
-from zamqp import lifecycle
+from zamqp.zope import lifecycle
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConsumerSpec
 from zamqp.testhelpers import broker_props
@@ -306,7 +306,7 @@ def test_consumer_reconnects_after_its_socket_dies(props, start, caplog):
     assert any('connected again' in line for line in logged)
 
 
-# zamqp.lifecycle's supervisor: consumers that end unexpectedly restart
+# zamqp.zope.lifecycle's supervisor: consumers that end unexpectedly restart
 
 class Ending(AMQPConsumer):
     """A consumer whose thread ends at once, with ``error`` set to the
@@ -443,7 +443,7 @@ def test_stopped_consumer_is_not_restarted(supervised, caplog):
 
 
 def test_no_thread_at_import():
-    code = ('import threading, zamqp.lifecycle; '
+    code = ('import threading, zamqp.zope.lifecycle; '
             'print([t.name for t in threading.enumerate()])')
     out = subprocess.run([sys.executable, '-c', code], check=True,
                          capture_output=True, text=True).stdout

@@ -16,7 +16,7 @@ import unittest
 import pytest
 
 from zamqp import AMQPProducer
-from zamqp import lifecycle
+from zamqp.zope import lifecycle
 from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for

@@ -18,8 +18,8 @@ import zamqp
 from zamqp import AMQPConsumer
 from zamqp import AMQPEvent
 from zamqp import AMQPThread
-from zamqp import lifecycle
-from zamqp import settings
+from zamqp.zope import lifecycle
+from zamqp.zope import settings
 from zamqp.interfaces import IAMQPProps
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IMessageReceived

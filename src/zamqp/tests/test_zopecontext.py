@@ -25,10 +25,10 @@ from zope.globalrequest import getRequest
 from zope.interface import alsoProvides
 
 from zamqp import AMQPProducer
-from zamqp import lifecycle
+from zamqp.zope import lifecycle
 from zamqp import worker
 from zamqp.consumer import AMQPThread
-from zamqp.delivery import MessageReceived
+from zamqp.zope.delivery import MessageReceived
 from zamqp.interfaces import IProducer
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import broker_props
@@ -38,9 +38,9 @@ from zamqp.testhelpers import wait_for
 from zamqp.tests.zopeaddon import amqp_zcml
 from zamqp.tests.zopeaddon import handlers
 from zamqp.tests.zopeaddon.events import Noted
-from zamqp.zopecontext import InZope
-from zamqp.zopecontext import MessageGivenBack
-from zamqp.zopecontext import ZopeContextError
+from zamqp.zope.context import InZope
+from zamqp.zope.context import MessageGivenBack
+from zamqp.zope.context import ZopeContextError
 
 
 def make_content(db):

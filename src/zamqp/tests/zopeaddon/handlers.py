@@ -9,8 +9,8 @@ from Acquisition import aq_base
 from persistent.list import PersistentList
 from zope.component.hooks import getSite
 
-from zamqp import lifecycle
-from zamqp.delivery import is_received
+from zamqp.zope import lifecycle
+from zamqp.zope.delivery import is_received
 from zamqp.worker import current_delivery
 
 #: INoted events notified in this process, oldest first (see ``seen``).
@@ -54,7 +54,7 @@ def slow_store(event):
     ``body['write_first']`` false (the connection has joined no
     transaction yet then). With ``body['until_given_back']`` it returns
     as soon as the consumer gave the message back (its stop deadline
-    passed), so zamqp.zopecontext must abort instead of committing."""
+    passed), so zamqp.zope.context must abort instead of committing."""
     body = event.body
     redelivered = bool(event.message.delivery_info.get('redelivered'))
     logger = logging.getLogger('zamqp.tests.zopeaddon')

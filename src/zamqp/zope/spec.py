@@ -2,9 +2,9 @@
 import zope.component
 from zope.interface import implementer
 
-from zamqp import settings
+from zamqp.zope import settings
 from zamqp.consumer import AMQPConsumer
-from zamqp.delivery import Delivery
+from zamqp.zope.delivery import Delivery
 from zamqp.interfaces import IAllowRules
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import ISignedAllowRules
@@ -65,7 +65,7 @@ class ConsumerSpec:
     def delivery(self, database=None):
         in_context = None
         if database is not None:
-            from zamqp.zopecontext import InZope
+            from zamqp.zope.context import InZope
             in_context = InZope(database, self.site, self.user)
         return Delivery(self.name, self.handler, self.events, in_context)
 

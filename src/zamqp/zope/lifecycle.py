@@ -8,7 +8,7 @@ import time
 
 import zope.component
 
-from zamqp import settings
+from zamqp.zope import settings
 from zamqp.backoff import Backoff
 from zamqp.consumer import AMQPThread
 from zamqp.interfaces import IConsumerSpec

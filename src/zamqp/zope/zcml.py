@@ -16,8 +16,8 @@ from zope.schema import Float
 from zope.schema import Int
 from zope.schema import TextLine
 
-from zamqp import settings
-from zamqp.delivery import Relay
+from zamqp.zope import settings
+from zamqp.zope.delivery import Relay
 from zamqp.exceptions import ZAMQPError
 from zamqp.interfaces import IAllowRules
 from zamqp.interfaces import IAMQPProps
@@ -25,8 +25,8 @@ from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IProducer
 from zamqp.interfaces import ISignedAllowRules
 from zamqp.props import EXCHANGE_TYPES
-from zamqp.spec import ConsumerSpec
-from zamqp.spec import SignedAllowRules
+from zamqp.zope.spec import ConsumerSpec
+from zamqp.zope.spec import SignedAllowRules
 from zamqp.unpickling import AllowRules
 
 # Connections are registered before what refers to them, producers

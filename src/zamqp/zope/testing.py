@@ -1,0 +1,166 @@
+"""plone.testing layers for tests of code that uses zamqp.
+
+``ZAMQP_FIXTURE``
+    Loads zamqp's ZCML in a sandboxed component registry, declares the
+    ``default`` connection to the broker of ``$ZAMQP_TEST_URL`` (default
+    ``amqp://guest:guest@127.0.0.1:5672/``) and prefixes every exchange
+    and shared queue declared in ZCML with a name of this run, so parallel
+    runs do not see each other's messages. Load your ZCML in a layer on
+    top, into ``self['configurationContext']``. At tear-down consumers
+    stop and the run's exchanges are deleted.
+``ZAMQP_INTEGRATION_TESTING``
+    Starts the configured consumers before each test, stops them after.
+``ZAMQP_ZOPE_FIXTURE``
+    The same on plone.testing's Zope ``STARTUP`` layer. STARTUP notifies
+    ``DatabaseOpenedWithRoot`` before add-on ZCML is loaded, so this layer
+    notifies it again once zamqp is loaded: consumers declared by then
+    start with the test database. Subclass ``ZAMQPZopeFixture`` and
+    override ``setUpZAMQP`` to load your ZCML before that.
+``ZAMQP_ZOPE_INTEGRATION_TESTING``, ``ZAMQP_ZOPE_FUNCTIONAL_TESTING``
+    plone.testing's Zope integration and functional layers on top, with
+    every configured consumer (re)started for each test on that test's
+    database (functional: a database of the test's own, so what handlers
+    commit does not leak into the next test).
+"""
+import uuid
+
+import zope.component
+import zope.event
+from plone.testing import Layer
+from plone.testing import zca
+from zope.configuration import xmlconfig
+
+import zamqp.zope
+from zamqp import events
+from zamqp import testhelpers
+from zamqp.zope import lifecycle
+from zamqp.zope import settings
+from zamqp.interfaces import IConsumerSpec
+from zamqp.interfaces import IProducer
+
+CONNECTION_ZCML = """\
+<configure xmlns:zamqp="http://namespaces.zope.org/zamqp">
+  <zamqp:connection url="{url}" />
+</configure>
+"""
+
+
+def load_zamqp(context, url=None):
+    """Load zamqp's ZCML and a ``default`` connection into ``context``."""
+    install_registry_dispatch()
+    xmlconfig.file('configure.zcml', zamqp.zope, context=context)
+    url = url or testhelpers.broker_url()
+    xmlconfig.string(CONNECTION_ZCML.format(url=url), context=context)
+
+
+def install_registry_dispatch():
+    """Make zope.event notify through the component registry, as Zope
+    does (``zca.ZCML_DIRECTIVES`` alone does not)."""
+    from zope.component.event import dispatch
+    if dispatch not in zope.event.subscribers:
+        zope.event.subscribers.append(dispatch)
+
+
+def configured_exchanges():
+    """Exchanges of the producers and consumers in the current registry,
+    and the consumers' dead-letter exchanges (each with a queue of its
+    name)."""
+    names = {p.props.exchange
+             for _, p in zope.component.getUtilitiesFor(IProducer)}
+    dead = set()
+    for _, spec in zope.component.getUtilitiesFor(IConsumerSpec):
+        names.add(spec.props.exchange)
+        dead.add(spec.create().dead_letter_exchange)
+    return names, dead - {None}
+
+
+def release():
+    """Stop consumers, close producers, delete this run's exchanges."""
+    lifecycle.stop()
+    events.close_producers()
+    for _, producer in zope.component.getUtilitiesFor(IProducer):
+        producer.close()
+    exchanges, dead_letters = configured_exchanges()
+    if exchanges or dead_letters:
+        admin = testhelpers.Admin()
+        try:
+            for name in exchanges | dead_letters:
+                admin.delete_exchange(name)
+            for name in dead_letters:
+                admin.delete_queue(name)
+        finally:
+            admin.close()
+    lifecycle.restore_sigterm()
+
+
+class ZAMQPFixture(Layer):
+    """zamqp's ZCML in a sandboxed registry, on a prefix of this run."""
+
+    defaultBases = (zca.ZCML_DIRECTIVES,)
+
+    def setUp(self):
+        self['zamqpPrefix'] = f'zamqp.test.{uuid.uuid4().hex[:8]}.'
+        settings.set_prefix(self['zamqpPrefix'])
+        zca.pushGlobalRegistry()
+        self['configurationContext'] = context = \
+            zca.stackConfigurationContext(self.get('configurationContext'))
+        load_zamqp(context)
+        self.setUpZAMQP(context)
+
+    def setUpZAMQP(self, context):
+        """Hook for subclasses: load ZCML into ``context``."""
+
+    def tearDown(self):
+        release()
+        del self['configurationContext']
+        zca.popGlobalRegistry()
+        settings.set_prefix(None)
+
+
+class ConsumersPerTest(Layer):
+    """Every configured consumer runs during each test, on its database."""
+
+    def testSetUp(self):
+        lifecycle.stop()
+        lifecycle.start(self.get('zodbDB'))
+        lifecycle.wait()
+
+    def testTearDown(self):
+        lifecycle.stop()
+        events.close_producers()
+
+
+ZAMQP_FIXTURE = ZAMQPFixture()
+ZAMQP_INTEGRATION_TESTING = ConsumersPerTest(
+    bases=(ZAMQP_FIXTURE,), name='zamqp.testing:Integration')
+
+try:
+    from plone.testing import zope as zope_layers
+except ImportError:     # Zope is not installed: no Zope layers
+    zope_layers = None
+
+
+if zope_layers is not None:
+
+    class ZAMQPZopeFixture(ZAMQPFixture):
+        """zamqp on Zope's STARTUP layer; consumers get its database."""
+
+        defaultBases = (zope_layers.STARTUP,)
+
+        def setUp(self):
+            from zope.processlifetime import DatabaseOpenedWithRoot
+            super().setUp()
+            zope.event.notify(DatabaseOpenedWithRoot(self['zodbDB']))
+            lifecycle.wait()
+
+    ZAMQP_ZOPE_FIXTURE = ZAMQPZopeFixture()
+    ZAMQP_ZOPE_INTEGRATION_TESTING = ConsumersPerTest(
+        bases=(zope_layers.IntegrationTesting(
+            bases=(ZAMQP_ZOPE_FIXTURE,),
+            name='zamqp.testing:ZopeIntegrationBase'),),
+        name='zamqp.testing:ZopeIntegration')
+    ZAMQP_ZOPE_FUNCTIONAL_TESTING = ConsumersPerTest(
+        bases=(zope_layers.FunctionalTesting(
+            bases=(ZAMQP_ZOPE_FIXTURE,),
+            name='zamqp.testing:ZopeFunctionalBase'),),
+        name='zamqp.testing:ZopeFunctional')
