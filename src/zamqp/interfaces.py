@@ -192,6 +192,13 @@ class IConsumerSpec(Interface):
 
     name = Attribute("The consumer's name; its thread is "
                      "'zamqp-consumer-<name>'.")
+    enabled = Attribute('False: declared, but not started with the '
+                        'process.')
+
+    def check(database=None):
+        """Raise an error naming the setting to fix if the consumer could
+        not handle messages in ``database`` (its site or user missing);
+        called when the database opens, before any consumer starts."""
 
     def create(database=None):
         """Return a new, not yet started IConsumer.

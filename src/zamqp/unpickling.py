@@ -122,9 +122,19 @@ class AllowRules:
     ``__dunder__`` part never match a pattern.
     """
 
-    def __init__(self, exact=(), patterns=()):
+    #: How to allow a refused name, with ``{dotted}`` for the name: what
+    #: a refusal tells the user to change (None: the Python keywords).
+    hint = None
+
+    def __init__(self, exact=(), patterns=(), hint=None):
         self.exact = frozenset(exact)
         self.patterns = frozenset(patterns)
+        self.hint = hint
+
+    def with_hint(self, hint):
+        """The same rules, refusals telling ``hint`` (a format string
+        with ``{dotted}``), e.g. in terms of the ZCML that declared them."""
+        return AllowRules(self.exact, self.patterns, hint)
 
     @classmethod
     def from_spec(cls, spec=()):
@@ -139,7 +149,8 @@ class AllowRules:
 
     def __or__(self, other):
         return AllowRules(self.exact | other.exact,
-                          self.patterns | other.patterns)
+                          self.patterns | other.patterns,
+                          self.hint or other.hint)
 
     def _matches(self, dotted):
         if any(part.startswith('__') for part in dotted.split('.')):
@@ -173,12 +184,16 @@ class AllowRules:
         return f'AllowRules({sorted(self.exact | self.patterns)!r})'
 
 
-def refusal(module, name):
-    """The message for a refused global, naming the setting to change."""
+PYTHON_HINT = ("add allow=[{dotted!r}] to the AMQPConsumer or AMQPProps "
+               "(see 'Allow rules' in the docs)")
+
+
+def refusal(module, name, hint=None):
+    """The message for a refused global, naming the setting to change
+    (``hint``, see AllowRules.hint)."""
     dotted = f'{module}.{name}'
     return (f"refused to unpickle {dotted}: it is not in the allow rules. "
-            f"If you trust it, add allow=[{dotted!r}] to the AMQPConsumer "
-            "or AMQPProps (see 'Allow rules' in the docs)")
+            f"If you trust it, {(hint or PYTHON_HINT).format(dotted=dotted)}")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -196,12 +211,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         module, name = python3_name(module, name)
         dotted = f'{module}.{name}'
         if not self.rules.allows(module, name):
-            raise UnpicklingRefused(refusal(module, name))
+            raise UnpicklingRefused(refusal(module, name, self.rules.hint))
         if SAFE_GLOBALS.get(dotted) is not None:
             return SAFE_GLOBALS[dotted]
         obj = super().find_class(module, name)
         if not self.rules.accepts(obj, module, name):
-            raise UnpicklingRefused(refusal(module, name))
+            raise UnpicklingRefused(refusal(module, name, self.rules.hint))
         return obj
 
     def persistent_load(self, pid):

@@ -334,10 +334,15 @@ class Spec:
     """An IConsumerSpec making ``factory`` consumers; ``created`` lists
     the database of each create()."""
 
+    enabled = True
+
     def __init__(self, factory, error=None):
         self.factory = factory
         self.error = error
         self.created = []
+
+    def check(self, database=None):
+        pass
 
     def create(self, database=None):
         self.created.append(database)

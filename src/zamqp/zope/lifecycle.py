@@ -49,7 +49,18 @@ class _Supervised:
 
 
 def database_opened(event):
-    """IDatabaseOpenedWithRoot subscriber: start the consumers."""
+    """IDatabaseOpenedWithRoot subscriber: check zope.conf's section and
+    every consumer's site and user, then start the consumers.
+
+    A key of ``<product-config zamqp>`` that is not understood, or a
+    consumer whose site or user is not in the database, raises: the
+    instance does not start with a configuration that cannot work.
+    """
+    from zamqp.zope.zcml import check_product_config
+    check_product_config()
+    for name, spec in zope.component.getUtilitiesFor(IConsumerSpec):
+        if spec.enabled:
+            spec.check(event.database)
     if not settings.consumers_enabled():
         logger.info('configured consumers kept off (%s or <product-config '
                     'zamqp> consumers)', settings.CONSUMERS_VARIABLE)
@@ -67,6 +78,9 @@ def start(database=None):
     started = []
     with _lock:
         for name, spec in zope.component.getUtilitiesFor(IConsumerSpec):
+            if not spec.enabled:
+                logger.info('consumer %s not started: enabled is off', name)
+                continue
             if name in _threads and _threads[name].is_alive():
                 continue
             _threads[name] = _start_consumer(name, spec, database)

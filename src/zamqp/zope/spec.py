@@ -11,6 +11,12 @@ from zamqp.interfaces import ISignedAllowRules
 from zamqp.unpickling import AllowRules
 
 
+#: What a refusal tells a ZCML user: the attribute or directive to add.
+ZCML_HINT = ("add {dotted} to the allow attribute of <zamqp:consumer "
+             "name={name!r}> (signed_allow: for signed messages only), or "
+             'declare <zamqp:allow names="{dotted}"/> for every consumer')
+
+
 @implementer(ISignedAllowRules)
 class SignedAllowRules:
     """Allow rules for messages with a verified signature only."""
@@ -35,7 +41,7 @@ class ConsumerSpec:
                  shared=False, durable=None, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), signed_allow=(), site='', user=None,
-                 **limits):
+                 enabled=True, **limits):
         self.name = name
         self.props = props.replace(exchange=settings.prefixed(exchange),
                                    type=type)
@@ -50,10 +56,12 @@ class ConsumerSpec:
             self.options['dead_letter_exchange'] = (
                 None if dead_letter_exchange.lower() == 'none'
                 else settings.prefixed(dead_letter_exchange))
-        self.allow = AllowRules.from_spec(allow)
-        self.signed_allow = AllowRules.from_spec(signed_allow)
+        hint = ZCML_HINT.format(name=name, dotted='{dotted}')
+        self.allow = AllowRules.from_spec(allow).with_hint(hint)
+        self.signed_allow = AllowRules.from_spec(signed_allow).with_hint(hint)
         self.site = site
         self.user = user
+        self.enabled = enabled
 
     def create(self, database=None):
         return AMQPConsumer(
@@ -68,6 +76,31 @@ class ConsumerSpec:
             from zamqp.zope.context import InZope
             in_context = InZope(database, self.site, self.user)
         return Delivery(self.name, self.handler, self.events, in_context)
+
+    def check(self, database=None):
+        """Raise ZopeContextError if the site or the user this consumer
+        runs its handlers in is not found in ``database`` (None:
+        handlers run without Zope, nothing to check)."""
+        if database is None:
+            return
+        import transaction
+        from zamqp.zope.context import InZope
+        from zamqp.zope.context import ZopeContextError
+        from zamqp.zope.context import find_user
+        manager = transaction.TransactionManager()
+        connection = database.open(transaction_manager=manager)
+        try:
+            site = InZope(database, self.site).traverse(
+                connection.root()['Application'])
+            if self.user:
+                find_user(site, self.user)
+        except ZopeContextError as exc:
+            raise ZopeContextError(
+                f'<zamqp:consumer name={self.name!r}>: {exc} (or its '
+                f'consumer.{self.name}.site / .user in zope.conf)') from exc
+        finally:
+            manager.abort()
+            connection.close()
 
     def allow_rules(self):
         return _merged(self.allow, _registered(IAllowRules))
