@@ -1,5 +1,17 @@
-"""InZope: handle a received message in a ZODB transaction on a Zope site."""
+"""InZope: handle a received message in a ZODB transaction on a Zope site.
+
+While a consumer handles a message in Zope, its handler and every
+subscriber it notifies reach the database through ``site()`` (the object
+of the consumer's ``site`` setting: the application root by default),
+``application()`` (the Zope application root) and ``connection()`` (the
+ZODB connection: ``connection().root()`` is the database's root
+mapping), all in the transaction zamqp commits afterwards. The component
+site (``zope.component.hooks.getSite()``) is set only when the
+configured site is one (an ISite, such as a Plone site); ``site()`` is
+always there.
+"""
 import logging
+import threading
 
 import transaction
 from AccessControl.SecurityManagement import newSecurityManager
@@ -19,6 +31,31 @@ from zamqp.exceptions import ZAMQPError
 from zamqp.worker import current_delivery
 
 logger = logging.getLogger('zamqp')
+_local = threading.local()
+
+
+def site():
+    """The configured site of the message this thread handles.
+
+    The object of ``<zamqp:consumer site="...">`` (the application root
+    by default), acquisition-wrapped in a request, in the transaction
+    zamqp commits after the handler; None outside the handling of a
+    message in Zope. Handlers and ``events="true"`` subscribers may
+    change it and what it contains.
+    """
+    return getattr(_local, 'site', None)
+
+
+def application():
+    """The Zope application root (wrapped in a request) of the message
+    this thread handles, in its transaction; None outside."""
+    return getattr(_local, 'application', None)
+
+
+def connection():
+    """The ZODB connection of the message this thread handles (its
+    ``root()`` is the database's root mapping); None outside."""
+    return getattr(_local, 'connection', None)
 
 
 class ZopeContextError(ZAMQPError, LookupError):
@@ -42,8 +79,9 @@ class InZope:
     ``site`` (a path such as ``'/plone'``; default: the application
     root), make it the component site when it is one, log in ``user``
     (found in the ``acl_users`` of the site or above it; default:
-    anonymous), set ``event.site`` and call ``deliver(event)``, then
-    commit. A ConflictError aborts and tries again, ``retries`` times at
+    anonymous), set ``event.site`` and the thread's ``site()``,
+    ``application()`` and ``connection()``, call ``deliver(event)``,
+    then commit. A ConflictError aborts and tries again, ``retries`` times at
     most, then is raised; any other error aborts and is raised. If the
     consumer gave up on the message meanwhile
     (``zamqp.worker.current_delivery().abandoned()``: it goes back to
@@ -98,6 +136,7 @@ class InZope:
         """Set up request, site and user; return the site."""
         app = makerequest(connection.root()['Application'])
         setRequest(app.REQUEST)
+        _local.connection, _local.application = connection, app
         site = self.traverse(app)
         if ISite.providedBy(site):
             setSite(site)
@@ -105,6 +144,7 @@ class InZope:
             newSecurityManager(None, find_user(site, self.user))
         else:
             noSecurityManager()
+        _local.site = site
         return site
 
     def traverse(self, app):
@@ -122,6 +162,7 @@ class InZope:
 
     def leave(self, connection):
         """Forget user, site and request; close the connection."""
+        _local.site = _local.application = _local.connection = None
         noSecurityManager()
         setSite(None)
         clearRequest()

@@ -19,8 +19,16 @@ TEMPLATE = """\
   <zamqp:consumer name="addon.store" exchange={exchange}
       handler="zamqp.tests.zopeaddon.handlers.store" {where}
       allow="zamqp.tests.zopeaddon.*" />
-{slow}
+{slow}{content}
 </configure>
+"""
+
+#: The broadcasts of object events of ``amqp_zcml(content=True)``.
+CONTENT = """
+  <zamqp:broadcast producer="addon"
+      for="zope.lifecycleevent.interfaces.IObjectModifiedEvent" />
+  <zamqp:broadcast producer="addon"
+      for="zope.lifecycleevent.interfaces.IObjectMovedEvent" />
 """
 
 #: The shared consumer of ``amqp_zcml(slow=...)``.
@@ -32,7 +40,7 @@ SLOW = """
 
 
 def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False,
-              slow=None):
+              slow=None, content=False):
     """The ZCML that loads zamqp and this add-on for one test run.
 
     It declares the connection ``default`` (at ``url``; without it, at
@@ -44,7 +52,10 @@ def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False,
     handler of its own before zamqp starts (``sigterm.zcml``). With
     ``slow=(exchange, queue)`` a third consumer, ``addon.slow``, shares
     ``queue`` (bound to that exchange) with the other instances and
-    handles its messages with ``handlers.slow_store``.
+    handles its messages with ``handlers.slow_store``. With
+    ``content=True`` the producer ``addon`` broadcasts object events
+    (IObjectModifiedEvent, IObjectMovedEvent) too, which travel as
+    references (zamqp.zope.references).
     """
     where = f'site={quoteattr(site)}'
     if user:
@@ -56,4 +67,5 @@ def amqp_zcml(exchange, url=None, site='', user=None, sigterm=False,
         connection=f'url={quoteattr(url)}' if url else '',
         exchange=quoteattr(exchange), where=where,
         slow=SLOW.format(exchange=quoteattr(slow[0]),
-                         queue=quoteattr(slow[1])) if slow else '')
+                         queue=quoteattr(slow[1])) if slow else '',
+        content=CONTENT if content else '')

@@ -9,8 +9,11 @@ from Acquisition import aq_base
 from persistent.list import PersistentList
 from zope.component.hooks import getSite
 
+from zamqp.zope import context
 from zamqp.zope import lifecycle
 from zamqp.zope.delivery import is_received
+from zamqp.zope.references import IUnresolvedObjectEvent
+from zamqp.zope.references import physical_path
 from zamqp.worker import current_delivery
 
 #: INoted events notified in this process, oldest first (see ``seen``).
@@ -100,3 +103,64 @@ def _on_sigterm(signum, frame):
         "the add-on's own SIGTERM handler runs; consumers running: %s",
         ', '.join(lifecycle.running()) or 'none')
     raise SystemExit(0)
+
+
+#: Object events notified in this process, oldest first (``content_seen``).
+CONTENT_SEEN = []
+
+
+def content_seen(event):
+    """IObjectEvent subscriber: record each object event; a received one
+    is also appended to the ``zamqp_content`` list of the consumer's
+    site (``zamqp.zope.context.site()``), committed with the message."""
+    obj = event.object
+    reference = getattr(event, 'zamqp_reference', None)
+    entry = dict(
+        event=type(event).__name__, received=is_received(),
+        path=_joined(physical_path(obj)),
+        title=getattr(aq_base(obj), 'title', None) if obj is not None
+        else None,
+        database=_database_name(obj),
+        unresolved=IUnresolvedObjectEvent.providedBy(event),
+        sender_path=(None if reference is None or reference.object is None
+                     else '/'.join(reference.object.absolute or ()) or '/'),
+        descriptions=[list(getattr(d, 'attributes', ()))
+                      for d in getattr(event, 'descriptions', ())],
+        thread=threading.current_thread().name)
+    with _lock:
+        CONTENT_SEEN.append(entry)
+    site = context.site()
+    if is_received() and site is not None:
+        if getattr(aq_base(site), 'zamqp_content', None) is None:
+            site.zamqp_content = PersistentList()
+        site.zamqp_content.append(entry)
+
+
+def noted_in_site(event):
+    """INoted subscriber: a received event's text is appended to the
+    ``zamqp_noted`` list of ``zamqp.zope.context.site()`` (the
+    application root by default, which is no component site)."""
+    site = context.site()
+    if not is_received() or site is None:
+        return
+    if getattr(aq_base(site), 'zamqp_noted', None) is None:
+        site.zamqp_noted = PersistentList()
+    site.zamqp_noted.append(dict(
+        text=event.text, origin=event.origin, site=_path(site),
+        application=_path(context.application()),
+        component_site=_path(getSite()),
+        root_keys=sorted(context.connection().root().keys())))
+
+
+def _joined(path):
+    return None if path is None else '/'.join(path) or '/'
+
+
+def _database_name(obj):
+    """The name of the instance whose database ``obj`` is in (from the
+    ``zamqp_instance`` attribute the views put on the root), or None."""
+    jar = getattr(aq_base(obj), '_p_jar', None) if obj is not None else None
+    if jar is None:
+        return None
+    app = jar.root().get('Application')
+    return getattr(app, 'zamqp_instance', None)
