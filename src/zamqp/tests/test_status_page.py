@@ -14,6 +14,7 @@ import os
 import time
 import unittest
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -30,7 +31,10 @@ from zamqp.tests.test_zope_instances import show_logs_on_failure
 CHROMIUM = '/usr/bin/chromium'
 CHROMEDRIVER = '/usr/bin/chromedriver'
 #: The Manager that mkwsgiinstance creates (``-u admin:admin``).
-MANAGER = ('admin', 'admin')
+ADMIN = ('admin', 'admin')
+#: Users the layer adds in the ZMI: a Manager, and one with no role.
+MANAGER = ('operator', 'operator-pw')
+VIEWER = ('viewer', 'viewer-pw')
 #: The instance's broker user; its password is made per run.
 BROKER_USER = 'zamqpstatus'
 #: Seconds the page may take to show what a consumer does.
@@ -85,9 +89,13 @@ def authorization(user, password):
     return f'Basic {token}'
 
 
-def fetch(url, auth=None, method='GET'):
-    """(status, headers, body text) of ``url``, errors included."""
-    request = urllib.request.Request(url, method=method)
+def fetch(url, auth=None, method='GET', data=None):
+    """(status, headers, body text) of ``url``, errors included; with
+    ``data`` (a dict) a form POST."""
+    if data is not None:
+        data = urllib.parse.urlencode(data, doseq=True).encode()
+        method = 'POST'
+    request = urllib.request.Request(url, data=data, method=method)
     if auth:
         request.add_header('Authorization', authorization(*auth))
     try:
@@ -119,10 +127,23 @@ class StatusInstance(InstancesLayer):
     def setUp(self):
         super().setUp()
         try:
+            self.add_user(MANAGER, ['Manager'])
+            self.add_user(VIEWER, [])
             self.driver = browser()
         except BaseException:
             self.tearDown()
             raise
+
+    def add_user(self, credentials, roles):
+        """Add a user to the instance's root acl_users with the ZMI's
+        form, as the admin."""
+        name, password = credentials
+        status, _, body = fetch(
+            f'http://127.0.0.1:{self["status"].port}/acl_users/manage_users',
+            auth=ADMIN, data={'submit': 'Add', 'name': name,
+                              'password': password, 'confirm': password,
+                              'roles:list': roles})
+        assert status == 200, (status, body[:500])
 
     def tearDown(self):
         driver, self.driver = getattr(self, 'driver', None), None
@@ -210,9 +231,16 @@ class StatusPageTests(unittest.TestCase):
         self.driver.get(self.page)
         self.assertNotIn('zamqp-consumers', self.driver.page_source)
         self.assertNoPassword()
-        # a user who is not a Manager is refused too
-        status, _, _ = fetch(self.page, auth=('nobody', 'wrong'))
-        self.assertEqual(status, 401)
+        # a user who is not a Manager is refused too, and a wrong password
+        for credentials in (VIEWER, (MANAGER[0], 'wrong')):
+            status, _, body = fetch(self.page, auth=credentials)
+            self.assertEqual(status, 401, credentials)
+            self.assertNotIn('zamqp-consumers', body)
+        status, headers, body = fetch(self.page, auth=MANAGER)
+        self.assertEqual(status, 200)
+        self.assertIn('zamqp-consumers', body)
+        self.assertIn('no-store', headers['Cache-Control'])
+        self.assertNotIn(self.layer.password, body)
 
     @show_logs_on_failure
     def test_2_health_is_200_while_consuming(self):
