@@ -85,9 +85,12 @@ class SandboxedRegistry(unittest.TestCase):
 
     def setUp(self):
         zca.pushGlobalRegistry()
+        self.test_url = settings._test_url    # a test layer's, if any
+        settings.set_test_url(None)
 
     def tearDown(self):
         zca.popGlobalRegistry()
+        settings.set_test_url(self.test_url)
 
     def assertFails(self, body, *words):
         with self.assertRaises((ConfigurationError,

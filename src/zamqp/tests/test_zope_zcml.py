@@ -24,6 +24,7 @@ from zamqp.interfaces import IAMQPProps
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IMessageReceived
 from zamqp.interfaces import IProducer
+from zamqp import testhelpers
 from zamqp.testhelpers import wait_for
 from zamqp.testing import ConsumersPerTest
 from zamqp.testing import ZAMQP_FIXTURE
@@ -206,10 +207,14 @@ class TestConfiguration(unittest.TestCase):
     def setUp(self):
         from plone.testing import zca
         zca.pushGlobalRegistry()
+        # these tests read what ZCML and zope.conf declare: the layer's
+        # test broker must not replace it
+        settings.set_test_url(None)
 
     def tearDown(self):
         from plone.testing import zca
         zca.popGlobalRegistry()
+        settings.set_test_url(testhelpers.broker_url())
 
     def assertLoadFails(self, body, *words):
         with self.assertRaises((ConfigurationError,

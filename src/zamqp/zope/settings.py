@@ -165,7 +165,21 @@ def connection_props(name, given, with_overrides=False):
             settings.pop('secret', None)
             settings.pop('secret_env', None)
         settings.update(over)
+    if _test_url is not None:
+        settings = {k: v for k, v in settings.items() if k not in URL_PARTS}
+        settings['url'] = _test_url
     return AMQPProps(**settings)
+
+
+_test_url = None
+
+
+def set_test_url(url):
+    """Connect every configured connection to ``url``, whatever ZCML and
+    zope.conf say (test layers: their broker wins over an add-on's own
+    ``<zamqp:connection>``); None: what they say again."""
+    global _test_url
+    _test_url = url
 
 
 def check(connections, consumers, config=None):
@@ -221,21 +235,32 @@ def _names(names):
 
 
 _prefix = None
+_prefixed_names = set()
 
 
 def set_prefix(prefix):
     """Prefix every configured exchange and shared queue name (tests);
-    None gives the zope.conf setting ``prefix`` back its say."""
+    None gives the zope.conf setting ``prefix`` back its say. Forgets the
+    names ``prefixed_names()`` returned."""
     global _prefix
     _prefix = prefix
+    _prefixed_names.clear()
 
 
 def prefixed(name):
     """``name`` with the configured prefix (set_prefix, or zope.conf's
     ``prefix``), so several deployments or test runs can share a vhost."""
-    prefix = _prefix if _prefix is not None else \
-        product_config().get('prefix', '').strip()
-    return f'{prefix}{name}'
+    if _prefix is not None:
+        _prefixed_names.add(f'{_prefix}{name}')
+        return f'{_prefix}{name}'
+    return f'{product_config().get("prefix", "").strip()}{name}'
+
+
+def prefixed_names():
+    """Every name ``prefixed()`` made since ``set_prefix(prefix)``: the
+    exchanges and shared queues a test run may have declared, whichever
+    registry declared them."""
+    return set(_prefixed_names)
 
 
 def consumers_enabled():

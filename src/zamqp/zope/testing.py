@@ -23,9 +23,13 @@
     commit does not leak into the next test).
 """
 import uuid
+import warnings
 
 import zope.component
 import zope.event
+from amqp.exceptions import AMQPError
+from amqp.exceptions import NotFound
+from amqp.exceptions import ResourceLocked
 from plone.testing import Layer
 from plone.testing import zca
 from zope.configuration import xmlconfig
@@ -33,10 +37,12 @@ from zope.configuration import xmlconfig
 import zamqp.zope
 from zamqp import events
 from zamqp import testhelpers
-from zamqp.zope import lifecycle
-from zamqp.zope import settings
+from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IProducer
+from zamqp.props import AMQPProps
+from zamqp.zope import lifecycle
+from zamqp.zope import settings
 
 CONNECTION_ZCML = """\
 <configure xmlns:zamqp="http://namespaces.zope.org/zamqp">
@@ -74,47 +80,95 @@ def configured_exchanges():
     return names, dead - {None}
 
 
+def check_broker(url=None):
+    """Raise ConnectionFailed, naming ``$ZAMQP_TEST_URL``, unless the
+    test broker (``url``, default: that of $ZAMQP_TEST_URL) accepts a
+    connection within 5 seconds."""
+    url = url or testhelpers.broker_url()
+    try:
+        testhelpers.Admin(url).close()
+    except (OSError, AMQPError) as exc:
+        raise ConnectionFailed(
+            f'zamqp test layer: no broker at {AMQPProps(url=url).url()} '
+            f'({type(exc).__name__}: {exc}): start RabbitMQ there, or set '
+            f'{testhelpers.URL_VARIABLE}=amqp://user:password@host:port/'
+            'vhost to the broker the tests may use') from None
+
+
 def release():
-    """Stop consumers, close producers, delete this run's exchanges."""
+    """Stop consumers, close producers, delete this run's exchanges and
+    queues: those of the current registry and every name the run's
+    prefix made (also those an add-on's layer on top declared in a
+    registry of its own)."""
     lifecycle.stop()
     events.close_producers()
     for _, producer in zope.component.getUtilitiesFor(IProducer):
         producer.close()
     exchanges, dead_letters = configured_exchanges()
-    if exchanges or dead_letters:
+    names = settings.prefixed_names()
+    exchanges |= names | {f'{name}.dead' for name in names}
+    queues = dead_letters | names | {f'{name}.dead' for name in names}
+    try:
         admin = testhelpers.Admin()
+    except (OSError, AMQPError) as exc:
+        warnings.warn(f'zamqp test layer: the broker went away ({exc}); '
+                      f'not deleted: {sorted(exchanges | queues)}')
+    else:
         try:
-            for name in exchanges | dead_letters:
-                admin.delete_exchange(name)
-            for name in dead_letters:
-                admin.delete_queue(name)
+            for name in sorted(exchanges | dead_letters):
+                _delete(admin, 'exchange_delete', name)
+            for name in sorted(queues):
+                _delete(admin, 'queue_delete', name)
         finally:
             admin.close()
     lifecycle.restore_sigterm()
 
 
+def _delete(admin, method, name):
+    """Delete the exchange or queue ``name``; one that is not there, or
+    an exclusive queue of another connection, is left alone."""
+    try:
+        getattr(admin.channel, method)(name)
+    except (NotFound, ResourceLocked):
+        admin.channel = admin.connection.channel()
+
+
 class ZAMQPFixture(Layer):
-    """zamqp's ZCML in a sandboxed registry, on a prefix of this run."""
+    """zamqp's ZCML in a sandboxed registry, on a prefix of this run.
+
+    setUp fails at once, naming ``$ZAMQP_TEST_URL``, when the broker is
+    not reachable. Every connection configured under this layer (also an
+    add-on's own ``<zamqp:connection>``) connects to the test broker.
+    """
 
     defaultBases = (zca.ZCML_DIRECTIVES,)
 
     def setUp(self):
+        check_broker()
         self['zamqpPrefix'] = f'zamqp.test.{uuid.uuid4().hex[:8]}.'
         settings.set_prefix(self['zamqpPrefix'])
+        settings.set_test_url(testhelpers.broker_url())
         zca.pushGlobalRegistry()
         self['configurationContext'] = context = \
             zca.stackConfigurationContext(self.get('configurationContext'))
-        load_zamqp(context)
-        self.setUpZAMQP(context)
+        try:
+            load_zamqp(context)
+            self.setUpZAMQP(context)
+        except BaseException:
+            self.tearDown()
+            raise
 
     def setUpZAMQP(self, context):
         """Hook for subclasses: load ZCML into ``context``."""
 
     def tearDown(self):
-        release()
-        del self['configurationContext']
-        zca.popGlobalRegistry()
-        settings.set_prefix(None)
+        try:
+            release()
+        finally:
+            del self['configurationContext']
+            zca.popGlobalRegistry()
+            settings.set_prefix(None)
+            settings.set_test_url(None)
 
 
 class ConsumersPerTest(Layer):
