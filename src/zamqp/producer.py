@@ -213,6 +213,11 @@ class AMQPProducer:
     commit, and never on abort (see zamqp.transactional).
     """
 
+    #: With ``transactional``: a call outside any transaction begins one
+    #: of the implicit ``transaction.manager`` (as a ZODB change does) and
+    #: waits for its commit, instead of publishing at once. True for the
+    #: producers of ``<zamqp:producer>`` (zamqp.zope).
+    begins_transaction = False
     #: Seconds ``publish_committed`` waits for another thread's publish.
     LOCK_WAIT = 0.5
     #: Seconds between the keeper thread's rounds.

@@ -25,8 +25,16 @@ The active transaction
     messages: they go at once. Messages from before-commit hooks and from
     the commit itself still wait for its outcome.
 
+    A producer whose ``begins_transaction`` is true (every transactional
+    ``<zamqp:producer>`` of zamqp.zope) does not publish at once outside
+    a transaction: it begins one of the implicit manager, as a ZODB
+    change would, so that a zconsole script's messages wait for its
+    ``transaction.commit()`` and go nowhere if it aborts (an explicit
+    manager without ``begin()`` still publishes at once).
+
     A thread that began a transaction (or called ``transaction.get()``)
-    and never ends it keeps its messages forever. Code that runs in an
+    and never ends it keeps its messages forever; at exit, messages of
+    transactions that were never committed are logged at WARNING. Code that runs in an
     abort hook still runs inside the aborting transaction: its messages
     are dropped with it.
 
@@ -62,8 +70,10 @@ Failures
     or did not confirm in time are logged with their ids. The commit has
     happened by then; there is no way to take it back.
 """
+import atexit
 import logging
 import sys
+import weakref
 
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import ZAMQPError
@@ -98,6 +108,16 @@ def _active():
     return manager, txn
 
 
+def _begin():
+    """Begin a transaction of the implicit ``transaction.manager``, as a
+    ZODB change would; Nones when there is none or it is explicit."""
+    module = sys.modules.get('transaction')
+    manager = getattr(module, 'manager', None)
+    if manager is None or getattr(manager, 'explicit', False):
+        return None, None
+    return manager, manager.get()
+
+
 def defer(producer, msg, routing_key):
     """Queue ``msg`` to publish when this thread's transaction commits.
 
@@ -107,6 +127,8 @@ def defer(producer, msg, routing_key):
     ``producer.batch()`` when the producer has one.
     """
     manager, txn = _active()
+    if txn is None and getattr(producer, 'begins_transaction', False):
+        manager, txn = _begin()
     if txn is None:
         return False
     try:
@@ -157,6 +179,7 @@ class Outbox:
         self.joined = False
         self.transaction_manager = transaction_manager
         txn.addAfterCommitHook(self.after_commit)
+        _outboxes.add(self)
 
     def add(self, txn, producer, msg, routing_key):
         if not self.joined and getattr(txn, 'status', None) != _COMMITTING:
@@ -269,6 +292,25 @@ def _close_batch(producer, batch):
             'transaction committed: %s', ', '.join(ids),
             _exchange(producer), exc,
             exc_info=not isinstance(exc, ZAMQPError))
+
+
+_outboxes = weakref.WeakSet()
+
+
+def never_committed():
+    """At exit: log at WARNING the messages of transactions that were
+    neither committed nor aborted (a script that forgot to commit):
+    they were not published."""
+    for outbox in list(_outboxes):
+        if outbox.messages:
+            logger.warning(
+                '%d message(s) were not published: their transaction was '
+                'never committed (call transaction.commit()): %s',
+                len(outbox.messages), ', '.join(
+                    _message_id(entry[1]) for entry in outbox.messages))
+
+
+atexit.register(never_committed)
 
 
 def _dropped(messages, reason):

@@ -403,3 +403,53 @@ def test_unreachable_broker_costs_one_timeout_per_commit(tm, caplog):
     errors = [r.getMessage() for r in zamqp_errors(caplog)]
     assert len(errors) == 1
     assert all(i in errors[0] for i in ids)
+
+
+@pytest.fixture
+def beginning(props):
+    """A producer that begins a transaction when there is none, as the
+    producers of <zamqp:producer> do (zconsole scripts)."""
+    with AMQPProducer('q', props, transactional=True) as producer:
+        producer.begins_transaction = True
+        yield producer
+
+
+def test_producer_that_begins_holds_until_commit(tm, inbox, beginning):
+    tm.explicit = False
+    assert transactional.active_transaction() is None
+    beginning('held')
+    assert transactional.active_transaction() is not None
+    assert quiet(inbox)
+    tm.commit()
+    assert wait_for(lambda: inbox == ['held'])
+
+
+def test_producer_that_begins_drops_on_abort(tm, inbox, beginning):
+    tm.explicit = False
+    beginning('never')
+    tm.abort()
+    assert quiet(inbox)
+    beginning('next')
+    tm.commit()
+    assert wait_for(lambda: inbox == ['next'])
+
+
+def test_explicit_manager_without_begin_still_publishes_at_once(
+        tm, inbox, beginning):
+    beginning('now')        # tm is explicit: nothing to begin implicitly
+    assert wait_for(lambda: inbox == ['now'])
+
+
+def test_never_committed_messages_are_logged_at_exit(tm, inbox, beginning,
+                                                     caplog):
+    tm.explicit = False
+    message_id = beginning('forgotten')
+    transactional.never_committed()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING]
+    assert any('never committed' in text and message_id in text
+               for text in warnings), warnings
+    tm.abort()
+    caplog.clear()
+    transactional.never_committed()
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -288,8 +288,10 @@ def check_serializers(names, attribute):
 
 
 def make_producer(name, props, options):
-    """The producer a ``<zamqp:producer>`` declares."""
-    return AMQPProducer(
+    """The producer a ``<zamqp:producer>`` declares: a transactional one
+    begins a transaction when there is none (a zconsole script), so that
+    its messages wait for a commit as the script's ZODB changes do."""
+    producer = AMQPProducer(
         name, props.replace(exchange=prefixed(options['exchange']),
                             type=options['type']),
         routing_key=options['routing_key'],
@@ -299,3 +301,5 @@ def make_producer(name, props, options):
         confirm=options.get('confirm', False),
         confirm_timeout=options.get('confirm_timeout'),
         mandatory=options.get('mandatory', False))
+    producer.begins_transaction = bool(options['transactional'])
+    return producer
