@@ -697,3 +697,59 @@ class ContentOverTheBrokerTests(ContentTestCase):
         # the container modified events found the folder
         self.assertIn(('ContainerModifiedEvent', '/site/folder', False,
                        '/site/folder'), log)
+
+
+class ContentOverJSONTests(ContentTestCase):
+    """A producer with the JSON serializer broadcasts object events too:
+    a reference is a plain dict. The consumer runs on /other, the
+    counterpart of the sender's /site."""
+
+    def setUp(self):
+        super().setUp()
+        self.exchange = unique('zamqp.test.references.json')
+        self.admin = zopecontext.Admin()
+        self.addCleanup(self.admin.close)
+        self.addCleanup(self.admin.delete_exchange, self.exchange)
+        zca.pushGlobalRegistry()
+        self.addCleanup(zca.popGlobalRegistry)
+        self.addCleanup(zopecontext.close_producers)
+        ctx = zca.stackConfigurationContext(
+            self.layer['configurationContext'])
+        xmlconfig.string(f'''
+        <configure xmlns="http://namespaces.zope.org/zope"
+                   xmlns:zamqp="http://namespaces.zope.org/zamqp">
+          <include package="zamqp" />
+          <zamqp:connection url="{broker_url()}" />
+          <zamqp:producer name="json" exchange="{self.exchange}"
+                          serializer="json" />
+          <zamqp:broadcast producer="json"
+              for="zope.lifecycleevent.interfaces.IObjectModifiedEvent" />
+          <zamqp:consumer name="json.events" exchange="{self.exchange}"
+                          events="true" accept="json" site="/other" />
+        </configure>''', context=ctx)
+        # /other's registry extends the test's (pushed) global registry
+        self.app.other.getSiteManager().__bases__ = (
+            zope.component.getGlobalSiteManager(),)
+        transaction.commit()
+        self.seen = []
+        zope.component.provideHandler(self.record, [IObjectModifiedEvent])
+        self.addCleanup(lifecycle.restore_sigterm)
+        self.addCleanup(lifecycle.stop)
+        lifecycle.start(self.db)
+        self.assertTrue(lifecycle.wait())
+
+    def record(self, event):
+        self.seen.append((is_received(),
+                          references.physical_path(event.object),
+                          getattr(event.object, 'title', None),
+                          context.site().getPhysicalPath()
+                          if context.site() is not None else None))
+
+    def test_modified_event_travels_as_json(self):
+        zope.event.notify(ObjectModifiedEvent(self.app.site.folder.doc))
+        transaction.commit()
+        self.assertTrue(wait_for(lambda: len(self.seen) == 2, timeout=10))
+        self.assertEqual(self.seen, [
+            (False, ('', 'site', 'folder', 'doc'), 'site doc', None),
+            (True, ('', 'other', 'folder', 'doc'), 'other doc',
+             ('', 'other'))])
