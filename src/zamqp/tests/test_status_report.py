@@ -4,6 +4,7 @@ producers on the real broker, declared in ZCML in a sandboxed registry
 import threading
 
 import pytest
+import transaction
 import zope.component
 import zope.event
 from plone.testing import zca
@@ -60,6 +61,7 @@ def registry(monkeypatch):
         xmlconfig.string(ZCML.format(extra=extra), context=context)
     yield load
     GATE.set()
+    transaction.abort()
     testing.release()
     zca.popGlobalRegistry()
     settings.set_prefix(None)
@@ -87,6 +89,7 @@ def test_configured_consumer_and_producer(registry):
     producer = zope.component.getUtility(IProducer, 'status.out')
     assert row(gather().producers, 'status.out').state == 'idle'
     producer('one')
+    transaction.commit()        # a <zamqp:producer> publishes on commit
     assert wait_for(lambda: row(gather().consumers, 'status.in').handled
                     == 1)
     now = gather()
@@ -140,6 +143,7 @@ def test_backlog_counts_delivered_messages_no_handler_began(registry):
     producer = zope.component.getUtility(IProducer, 'status.out')
     for n in range(5):
         producer(n)
+    transaction.commit()
     assert wait_for(lambda: row(gather().consumers, 'status.in').backlog
                     == 4)
     consumer = row(gather().consumers, 'status.in')
@@ -188,6 +192,7 @@ def test_consumers_started_by_code_and_event_producers(props, start,
                                                        registry):
     thread = start(AMQPConsumer('bycode', props, print))
     zope.event.notify(AMQPEvent('status.events', props, 'hello'))
+    transaction.commit()        # published on commit
     now = gather()
     mine = row(now.consumers, 'bycode')
     assert (mine.source, mine.state, mine.queue) == \
@@ -219,3 +224,4 @@ def test_producer_states(props):
                                                   unconfirmed=1)
     with pytest.raises(PublishFailed):
         broken.close(timeout=0.1)
+
