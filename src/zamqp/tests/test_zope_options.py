@@ -399,3 +399,12 @@ class TestStartupChecks(unittest.TestCase):
             with self.assertRaises(settings.ProductConfigError) as info:
                 self.opened()
         self.assertIn("did you mean 'consumer.c.site'", str(info.exception))
+
+
+class TestHintsInZCMLTerms(SandboxedRegistry):
+
+    def test_core_errors_name_the_attribute(self):
+        text = self.assertFails(
+            '<zamqp:connection name="t" host="h" ssl="yes" '
+            'ca_file="/no/such/ca.pem" />', 'line 5', 'the ca_file attribute')
+        self.assertNotIn('AMQPProps(', text)

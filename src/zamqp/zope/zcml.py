@@ -6,6 +6,8 @@ ZCML is read. Settings are checked when the directive is read, so errors
 carry the file and line; zope.conf's settings are applied and checked
 when the actions run.
 """
+import re
+
 import zope.component
 from zope.configuration.exceptions import ConfigurationError
 
@@ -29,11 +31,22 @@ CONNECTION_ORDER, USER_ORDER, RELAY_ORDER, CHECK_ORDER = 0, 1, 2, 3
 
 
 def _check(make, *args, **kw):
-    """Build ``make(...)`` now, turning zamqp's errors into ZCML ones."""
+    """Build ``make(...)`` now, turning zamqp's errors into ZCML ones
+    (which carry the file and line), in ZCML's terms."""
     try:
         return make(*args, **kw)
     except (ZAMQPError, TypeError) as exc:
-        raise ConfigurationError(str(exc)) from exc
+        raise ConfigurationError(in_zcml_terms(str(exc))) from exc
+
+
+_PYTHON_SETTING = re.compile(
+    r'(?:AMQPProps|AMQPConsumer|AMQPProducer)\((\w+)=\.\.\.\)')
+
+
+def in_zcml_terms(text):
+    """``text`` with ``AMQPProps(port=...)`` and the like, the Python
+    keywords the core's errors name, said as the ZCML attribute."""
+    return _PYTHON_SETTING.sub(r'the \1 attribute', text)
 
 
 def _options(schema, given, *left_out):
