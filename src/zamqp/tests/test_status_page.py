@@ -226,6 +226,10 @@ class StatusPageTests(unittest.TestCase):
         self.assertEqual(status, 401)
         self.assertIn('basic', headers.get('WWW-Authenticate', '').lower())
         self.assertNotIn('zamqp-consumers', body)
+        for part in ('table', 'report', 'index'):    # nor parts of it
+            status, _, body = fetch(f'{self.page}/{part}')
+            self.assertEqual(status, 404, part)      # not published
+            self.assertNotIn('zamqp-consumers', body)
         # the browser, anonymous, sees no report either
         self.log_out()
         self.driver.get(self.page)
