@@ -236,7 +236,7 @@ class TestZopeConfKeys(unittest.TestCase):
 
     def test_typos_name_key_section_and_nearest(self):
         cases = {'pasword': 'password', 'urll': 'url',
-                 'billing.hots': 'billing.host',
+                 'billing.hots': 'billing.hosts',
                  'consumer.c.sit': 'consumer.c.site',
                  'consumer.cc.site': 'consumer.c.site',
                  'prefx': 'prefix', 'consumer': 'consumers'}
@@ -248,7 +248,7 @@ class TestZopeConfKeys(unittest.TestCase):
                 text = str(info.exception)
                 self.assertIn(f'unknown key {key!r}', text)
                 self.assertIn('<product-config zamqp> in zope.conf', text)
-                self.assertIn(f"did you mean '{nearest}", text)
+                self.assertIn(f"did you mean '{nearest}'?", text)
 
     def test_unknown_connection_and_consumer_are_named(self):
         with self.assertRaises(settings.ProductConfigError) as info:
