@@ -116,7 +116,9 @@ class TestDirectives(unittest.TestCase):
             'spy', producer('pings').props, raw.append, allow=[zcmltypes]))
         spy.start()
         try:
+            transaction.begin()
             zope.event.notify(zcmltypes.Pinged('hello'))
+            transaction.commit()
             self.assertTrue(wait_for(lambda: len(pinged) == 2))
             time.sleep(0.3)
         finally:
@@ -274,7 +276,8 @@ class TestConfiguration(unittest.TestCase):
     def test_no_socket_is_opened_while_loading(self):
         port = free_port()      # nothing listens there
         load(f'<zamqp:connection url="amqp://127.0.0.1:{port}/" />\n'
-             '<zamqp:producer name="p" />\n<zamqp:consumer name="c" />')
+             '<zamqp:producer name="p" transactional="false" />\n'
+             '<zamqp:consumer name="c" />')
         self.assertIsNotNone(zope.component.getUtility(IProducer, 'p'))
         with self.assertRaises(zamqp.ConnectionFailed):
             zope.component.getUtility(IProducer, 'p')('x')
