@@ -38,7 +38,6 @@ from zamqp.testhelpers import broker_url
 from zamqp.testhelpers import wait_for
 from zamqp.zope import lifecycle
 from zamqp.zope.delivery import is_received
-from zamqp.zope.plone import testing as plone_testing
 from zamqp.zope.plone.testing import ZAMQP_PLONE_FIXTURE
 from zamqp.zope.plone.testing import ZAMQPPloneFunctionalTesting
 from zamqp.zope.plone.testing import ZAMQPPloneIntegrationTesting
