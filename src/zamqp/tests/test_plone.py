@@ -239,6 +239,35 @@ class TestContentEdits(unittest.TestCase):
         self.assertEqual((entry['path'], entry['uuid'], entry['title']),
                          ('/plone/doc', self.uid, 'Edited in site one'))
 
+    def test_received_edit_reindexes_site2s_copy(self):
+        """Plone's own subscribers run for the received event in site 2:
+        its catalog indexes site 2's document again (a catalog in step
+        with its objects, not with the sender's)."""
+        catalog = self.site2['portal_catalog']
+
+        def title_in_site2():
+            transaction.begin()         # see what the consumer committed
+            [brain] = catalog.unrestrictedSearchResults(UID=self.uid)
+            return brain.Title
+
+        setSite(self.site2)
+        try:
+            self.site2['doc'].title = 'Changed in site two, not indexed'
+            transaction.commit()        # no event: the catalog is stale
+        finally:
+            setSite(self.site1)
+        self.assertEqual(title_in_site2(), 'Site two copy')
+        doc = self.site1['doc']
+        doc.title = 'Edited in site one'
+        notify(ObjectModifiedEvent(doc))
+        transaction.commit()
+        self.assertTrue(wait_for(
+            lambda: title_in_site2() == 'Changed in site two, not indexed',
+            timeout=10), title_in_site2())
+        [brain] = self.site1['portal_catalog'].unrestrictedSearchResults(
+            UID=self.uid)
+        self.assertEqual(brain.Title, 'Edited in site one')
+
     def test_an_aborted_edit_is_not_published(self):
         doc = self.site1['doc']
         doc.title = 'Never'
