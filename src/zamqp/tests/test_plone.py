@@ -18,6 +18,7 @@ from plone.app.testing import SITE_OWNER_NAME
 from plone.app.testing import TEST_USER_ID
 from plone.app.testing import PloneSandboxLayer
 from plone.app.testing import setRoles
+from plone.base.utils import get_installer
 from plone.testing import zope as zope_layers
 from plone.uuid.interfaces import IUUID
 from Products.CMFCore.indexing import processQueue
@@ -318,9 +319,23 @@ class TestControlPanel(unittest.TestCase):
             with self.assertRaises(Unauthorized, msg=roles):
                 self.portal.restrictedTraverse('@@zamqp-controlpanel')
 
-    def test_uninstall_removes_the_configlet(self):
-        self.portal['portal_setup'].runAllImportStepsFromProfile(
-            'profile-zamqp.zope.plone:uninstall')
+    def test_site_setup_lists_it_for_managers_only(self):
+        setRoles(self.portal, TEST_USER_ID, ['Manager'])
+        overview = self.portal.restrictedTraverse('@@overview-controlpanel')
+        self.assertIn('@@zamqp-controlpanel', overview())
+        setRoles(self.portal, TEST_USER_ID, ['Site Administrator'])
+        overview = self.portal.restrictedTraverse('@@overview-controlpanel')
+        html = overview()
+        self.assertIn('@@site-controlpanel', html)   # Site Setup it sees
+        self.assertNotIn('@@zamqp-controlpanel', html)
+
+    def test_the_addons_panel_activates_and_deactivates_it(self):
+        installer = get_installer(self.portal, self.layer['request'])
+        self.assertTrue(installer.is_product_installed('zamqp.zope.plone'))
+        self.assertTrue(installer.uninstall_product('zamqp.zope.plone'))
         self.assertEqual(self.configlet(), [])
+        self.assertFalse(installer.is_product_installed('zamqp.zope.plone'))
+        self.assertTrue(installer.install_product('zamqp.zope.plone'))
+        self.assertEqual(len(self.configlet()), 1)
 
 
