@@ -769,6 +769,26 @@ class AMQPProducer:
             if self.confirm is None:
                 self._check_stall(time.monotonic())
 
+    def status(self):
+        """What the producer last knew, for status pages: ``state``
+        (``idle``: never connected; ``connected``; ``disconnected``: the
+        connection was lost, the next publish or the keeper reconnects;
+        ``down``: the broker could not be reached; ``closing``) and
+        ``unconfirmed``, the messages not yet confirmed by the broker.
+        It asks the broker nothing."""
+        if self._closed:
+            state = 'closing'
+        elif self._down:
+            state = 'down'
+        elif self._channel is not None:
+            state = 'connected'
+        elif self._connected_once:
+            state = 'disconnected'
+        else:
+            state = 'idle'
+        return {'state': state,
+                'unconfirmed': len(self.window) + len(self._later)}
+
     def flush(self, timeout=None):
         """Wait until the broker confirmed every message sent so far.
 

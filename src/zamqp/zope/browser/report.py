@@ -289,30 +289,14 @@ def _producer_row(name, source, producer):
 
 
 def producer_status(producer):
-    """``{'state': ..., 'unconfirmed': ...}`` of an AMQPProducer (see
-    ProducerRow). Uses ``producer.status()`` when the producer has one;
-    else reads the producer's own bookkeeping (attributes of
-    zamqp.producer that have no public accessor yet)."""
+    """``{'state': ..., 'unconfirmed': ...}`` of a producer (see
+    ProducerRow and AMQPProducer.status()); Nones for a producer without
+    ``status()``."""
     status = getattr(producer, 'status', None)
-    if callable(status):
-        info = status()
-        return dict(state=info.get('state'),
-                    unconfirmed=info.get('unconfirmed'))
-    if getattr(producer, '_closed', False):
-        state = 'closing'
-    elif getattr(producer, '_down', False):
-        state = 'down'
-    elif getattr(producer, '_channel', None) is not None:
-        state = 'connected'
-    elif getattr(producer, '_connected_once', False):
-        state = 'disconnected'
-    else:
-        state = 'idle'
-    try:
-        unconfirmed = len(producer.window) + len(producer._later)
-    except (AttributeError, TypeError):
-        unconfirmed = None
-    return dict(state=state, unconfirmed=unconfirmed)
+    if not callable(status):
+        return dict(state=None, unconfirmed=None)
+    info = status()
+    return dict(state=info.get('state'), unconfirmed=info.get('unconfirmed'))
 
 
 def broker(props):
