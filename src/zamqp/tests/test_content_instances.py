@@ -130,15 +130,17 @@ class ContentInstancesTests(instances.InstancesTestCase):
             self.assertEqual(len(entries(
                 instance, '@@zamqp-content-log', event='ObjectModifiedEvent',
                 sender_path=f'/{name}')), 1, instance.name)
-        seen = [(e['received'], e['thread'].startswith('zamqp-worker'))
-                for e in entries(self.beta, '@@zamqp-content-seen',
-                                 event='ObjectModifiedEvent',
-                                 path=f'/{name}')]
-        self.assertEqual(seen, [(True, True)])
+        # beta notified it only as received (once, or again when its
+        # transaction was retried after a conflict), never as its own
+        seen = {(e['received'], e['thread']) for e in entries(
+            self.beta, '@@zamqp-content-seen', event='ObjectModifiedEvent',
+            path=f'/{name}')}
+        self.assertEqual(seen, {(True, 'zamqp-worker-addon.events')})
         seen = [e['received'] for e in entries(
             self.alpha, '@@zamqp-content-seen', event='ObjectModifiedEvent',
             path=f'/{name}')]
-        self.assertEqual(seen, [False, True])
+        self.assertEqual(seen.count(False), 1)
+        self.assertTrue(seen.count(True) >= 1)
 
     @show_logs_on_failure
     def test_event_that_cannot_travel_is_a_clear_error(self):

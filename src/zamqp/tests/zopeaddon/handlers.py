@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 
+import transaction
 from AccessControl.SecurityManagement import getSecurityManager
 from Acquisition import aq_base
 from persistent.list import PersistentList
@@ -164,3 +165,25 @@ def _database_name(obj):
         return None
     app = jar.root().get('Application')
     return getattr(app, 'zamqp_instance', None)
+
+
+#: The lists ``prepare_root`` makes on the application root.
+ROOT_LISTS = ('zamqp_stored', 'zamqp_noted', 'zamqp_content')
+
+
+def prepare_root(event):
+    """IDatabaseOpenedWithRoot subscriber: make the lists the handlers
+    and subscribers append to, so that consumers running at the same
+    time change only their own list, never the root itself (no conflict
+    errors between them, hence no retries that would notify an event
+    twice)."""
+    connection = event.database.open()
+    try:
+        app = connection.root()['Application']
+        for name in ROOT_LISTS:
+            if getattr(aq_base(app), name, None) is None:
+                setattr(app, name, PersistentList())
+        transaction.commit()
+    finally:
+        transaction.abort()
+        connection.close()
