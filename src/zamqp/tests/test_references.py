@@ -592,6 +592,16 @@ class RelayTests(ContentTestCase):
                     r"INoted\)"):
                 Relay('p')(Noted(threading.Lock()))
 
+    def test_registered_relay_names_its_interface(self):
+        relay = Relay('p')
+        zope.component.provideHandler(relay, [INoted])
+        with self.assertLogs('zamqp', logging.ERROR):
+            with self.assertRaisesRegex(
+                    BroadcastError, r"^<zamqp:broadcast for='zamqp\.tests\."
+                    r"zopeaddon\.interfaces\.INoted' producer='p'> cannot "
+                    r"send Noted"):
+                zope.event.notify(Noted(threading.Lock()))
+
     def test_attribute_that_cannot_travel_names_the_broadcast(self):
         with self.assertLogs('zamqp', logging.ERROR):
             with self.assertRaisesRegex(BroadcastError,

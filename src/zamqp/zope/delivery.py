@@ -188,14 +188,30 @@ class Relay:
         raise error from exc
 
     def broadcast_name(self, event):
-        if self.for_ is not None:
-            for_ = getattr(self.for_, '__identifier__', self.for_)
+        """``<zamqp:broadcast for=... producer=...>`` of this relay: its
+        ``for_``, else the interface it is registered for (an error path
+        only: the registry is searched)."""
+        for_ = self.for_ if self.for_ is not None else self.registered_for()
+        if for_ is not None:
+            for_ = getattr(for_, '__identifier__', for_)
             return f'<zamqp:broadcast for={for_!r} ' \
                    f'producer={self.producer!r}>'
         provided = ', '.join(i.__identifier__ for i in
                              zope.interface.providedBy(event).interfaces())
         return (f'<zamqp:broadcast producer={self.producer!r}> (the event '
                 f'provides {provided or "no interface"})')
+
+    def registered_for(self):
+        """The interface this relay is registered as a handler for."""
+        registries = [zope.component.getSiteManager()]
+        if registries[0] is not zope.component.getGlobalSiteManager():
+            registries.append(zope.component.getGlobalSiteManager())
+        for registry in registries:
+            for registration in registry.registeredHandlers():
+                if registration.handler is self and \
+                        len(registration.required) == 1:
+                    return registration.required[0]
+        return None
 
     def __repr__(self):
         return f'<Relay to producer {self.producer!r}>'
