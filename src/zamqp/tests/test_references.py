@@ -159,6 +159,14 @@ class EncodeTests(ContentTestCase):
         self.assertEqual(serializers.get('pickle').loads(body, AllowRules()),
                          reference.to_data())
 
+    def test_reference_copies_are_references(self):
+        import copy
+        reference = ObjectEventReference.of(ObjectModifiedEvent(
+            self.app.site.folder.doc, Attributes(IItem, 'title')))
+        for made in (copy.copy(reference), copy.deepcopy(reference)):
+            self.assertIsInstance(made, ObjectEventReference)
+            self.assertEqual(made, reference)
+
     def test_object_outside_any_site_is_relative_to_the_root(self):
         data = references.encode(ObjectModifiedEvent(self.app.plain.doc))
         self.assertEqual(data['object'], {

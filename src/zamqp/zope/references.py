@@ -272,6 +272,12 @@ class ObjectEventReference:
         # travels as the plain dict, which any consumer unpickles
         return (dict, (self.to_data(),))
 
+    def __copy__(self):
+        return self.from_data(self.to_data())
+
+    def __deepcopy__(self, memo):
+        return self.from_data(self.to_data())
+
     @classmethod
     def from_data(cls, data):
         """The reference of a received dict (see ``is_reference``);
