@@ -148,8 +148,9 @@ class ContentInstancesTests(instances.InstancesTestCase):
             self.alpha.get('@@zamqp-unpicklable')
         self.assertEqual(raised.exception.code, 500)
         self.assertTrue(wait_for(lambda: re.search(
-            r"ERROR \[zamqp:\d+\]\[\S+\] <zamqp:broadcast for='zamqp\.tests\.zopeaddon"
-            r"\.interfaces\.INoted' producer='addon'> cannot send "
+            r"ERROR \[zamqp:\d+\]\[\S+\] <zamqp:broadcast "
+            r"for='zamqp\.tests\.zopeaddon\.interfaces\.INoted' "
+            r"producer='addon'> cannot send "
             r"Noted\(<unlocked _thread\.lock .*TypeError: cannot pickle "
             r"'_thread\.lock' object\. A broadcast event travels "
             r"serialized", instances.read(self.alpha.event_log)),

@@ -21,7 +21,6 @@ from zope.component.persistentregistry import PersistentComponents
 from zope.configuration import xmlconfig
 from zope.interface import Interface
 from zope.interface import alsoProvides
-from zope.interface import implementer
 from zope.lifecycleevent import Attributes
 from zope.lifecycleevent import ObjectAddedEvent
 from zope.lifecycleevent import ObjectModifiedEvent
@@ -31,11 +30,9 @@ from zope.lifecycleevent import Sequence
 from zope.lifecycleevent.interfaces import IObjectModifiedEvent
 
 import zamqp.tests.test_zopecontext as zopecontext
-from zamqp import AMQPProducer
 from zamqp import serializers
 from zamqp.exceptions import MessageRefused
 from zamqp.interfaces import IProducer
-from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import broker_url
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
