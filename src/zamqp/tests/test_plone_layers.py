@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import unittest
 
@@ -265,3 +264,22 @@ class TestWithoutPlone(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertIn("testing: zamqp.zope.plone.testing needs Plone",
                       result.stdout)
+
+    def test_plain_zope_with_plone_installed_loads_no_plone_part(self):
+        """Plone installed but its ZCML not loaded (a plain Zope
+        instance in the same environment): zamqp's ZCML leaves its Plone
+        part out (it needs Plone 6's feature plone-60)."""
+        import zamqp.zope
+        context = zca.stackConfigurationContext(None, name='plain')
+        registry = zca.pushGlobalRegistry()
+        try:
+            xmlconfig.file('configure.zcml', zamqp.zope, context=context)
+            # what this load registered (not what layers set up below
+            # this registry have)
+            handlers = [r.handler for r in registry.registeredHandlers()]
+            self.assertIn(lifecycle.database_opened, handlers)
+            self.assertEqual(
+                [r.name for r in registry.registeredAdapters()
+                 if r.name == 'zamqp-controlpanel'], [])
+        finally:
+            zca.popGlobalRegistry()
