@@ -621,6 +621,14 @@ class RelayTests(ContentTestCase):
                     "wrappers"):
                 Relay('p')(Noted(self.app.site.folder.doc))
 
+    def test_other_errors_of_the_producer_keep_their_name(self):
+        def broken(obj):
+            raise TypeError('a bug in the producer')
+
+        zope.component.provideUtility(broken, IProducer, 'broken')
+        with self.assertRaisesRegex(TypeError, 'a bug in the producer'):
+            Relay('broken')(Noted('picklable'))
+
     def test_rebuilt_event_is_not_relayed_even_outside_receiving(self):
         data = references.encode(ObjectModifiedEvent(
             self.app.site.folder.doc))

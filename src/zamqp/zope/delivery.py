@@ -173,6 +173,8 @@ class Relay:
             self.cannot_travel(event, exc)
         except (pickle.PicklingError, TypeError, AttributeError, ValueError,
                 RecursionError) as exc:
+            if not _unserializable(producer, body):
+                raise                       # not the event's fault
             self.cannot_travel(event, exc)
 
     def cannot_travel(self, event, exc):
@@ -215,6 +217,18 @@ class Relay:
 
     def __repr__(self):
         return f'<Relay to producer {self.producer!r}>'
+
+
+def _unserializable(producer, body):
+    """Whether ``producer``'s serializer fails on ``body`` (asked again on
+    the error path only, so that other errors keep their own name)."""
+    serializer = getattr(producer, 'serializer', None)
+    dumps = getattr(serializer, 'dumps', pickle.dumps)
+    try:
+        dumps(body)
+    except Exception:                       # noqa: BLE001
+        return True
+    return False
 
 
 def _short(value, limit=120):
