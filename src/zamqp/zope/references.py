@@ -60,15 +60,10 @@ try:                                    # Plone's UUIDs, when installed
 except ImportError:                     # pragma: no cover (plain Zope)
     IUUID = None
 
-_NAVIGATION_ROOTS = []
-for _module in ('plone.base.interfaces', 'plone.app.layout.navigation'
-                '.interfaces'):
-    try:
-        _NAVIGATION_ROOTS.append(
-            importlib.import_module(_module).INavigationRoot)
-        break
-    except (ImportError, AttributeError):
-        pass
+#: Where Plone's INavigationRoot may be (imported on first use).
+_NAVIGATION_MODULES = ('plone.base.interfaces',
+                       'plone.app.layout.navigation.interfaces')
+_navigation_roots = None
 
 #: The key that marks a dict as an object event reference, and the
 #: version of its format.
@@ -438,13 +433,29 @@ def physical_path(obj):
 def site_path(obj):
     """The physical path of the nearest ISite or navigation root from
     ``obj`` (itself included) upwards, or ``('',)``."""
+    roots = _navigation_root_interfaces()
     for item in aq_chain(aq_inner(obj)):
         if ISite.providedBy(item) or any(
-                root.providedBy(item) for root in _NAVIGATION_ROOTS):
+                root.providedBy(item) for root in roots):
             path = physical_path(item)
             if path is not None:
                 return path
     return ('',)
+
+
+def _navigation_root_interfaces():
+    """Plone's INavigationRoot, when Plone is installed (else none)."""
+    global _navigation_roots
+    if _navigation_roots is None:
+        found = []
+        for module in _NAVIGATION_MODULES:
+            try:
+                found.append(importlib.import_module(module).INavigationRoot)
+                break
+            except (ImportError, AttributeError):
+                pass
+        _navigation_roots = tuple(found)
+    return _navigation_roots
 
 
 def uuid_of(obj):
