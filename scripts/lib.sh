@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by scripts/demo and scripts/test (source it):
-#   ensure_venv          .venv in the repository root with zamqp[test] installed
+#   ensure_venv          .venv in the repository root with zamqp[test,plone-test,browser-test] installed
 #   ensure_broker VAR..  a RabbitMQ that accepts connections at the URL in
 #                        the first variable VAR set (default: local 5672)
 # Settings: ZAMQP_BROKER_WAIT, seconds a started RabbitMQ may take (60).
@@ -51,9 +51,9 @@ sys.exit(not zamqp.__file__.startswith(sys.argv[1]))' "$ROOT/src/" 2>/dev/null; 
         say "Using the virtualenv $VENV (zamqp and its test requirements are installed)"
         return
     fi
-    say "Installing zamqp and its test requirements into $VENV: pip install -e '.[test]'"
-    (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]') \
-        || fail "pip install -e '.[test]' failed: see the errors above"
+    say "Installing zamqp and its test requirements into $VENV: pip install -e '.[test,plone-test,browser-test]'"
+    (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,plone-test,browser-test]') \
+        || fail "pip install -e '.[test,plone-test,browser-test]' failed: see the errors above"
     echo "$want" >"$stamp"
 }
 
