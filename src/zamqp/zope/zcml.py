@@ -159,7 +159,7 @@ def register_relay(for_, producer):
         raise ConfigurationError(
             f"no <zamqp:producer name={producer!r}> is declared: declare "
             "it or fix the producer attribute")
-    _registry().registerHandler(Relay(producer), (for_,))
+    _registry().registerHandler(Relay(producer, for_), (for_,))
 
 
 def allow(_context, names, signed=False):
