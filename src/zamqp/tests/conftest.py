@@ -80,6 +80,17 @@ def clean_globals():
     runner.close()
     events.close_producers()
     zope.event.subscribers[:] = subscribers
+    _end_open_transaction()
+
+
+def _end_open_transaction():
+    """Abort a transaction a test left open in this thread (a ZCML
+    producer called outside one begins one): it would hold the messages
+    of every later test's transactional producers."""
+    from zamqp import transactional
+    if transactional.active_transaction() is not None:
+        import transaction
+        transaction.abort()
 
 
 @pytest.fixture

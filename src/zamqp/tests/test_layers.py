@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import pytest
+import transaction
 import zope.component
 from amqp.exceptions import NotFound
 from plone.testing import zca
@@ -81,7 +82,9 @@ def test_layer_broker_wins_and_addon_layer_leaves_nothing():
         assert (billing.host, billing.port, billing.virtual_host) == (
             test_broker.host, test_broker.port, test_broker.virtual_host)
         producer = zope.component.getUtility(IProducer, 'orders')
+        transaction.begin()
         producer({'n': 1})
+        transaction.commit()
         producer.flush()
         from zamqp.zope import lifecycle
         lifecycle.start()
