@@ -27,6 +27,7 @@ from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IProducer
 from zamqp.props import AMQPProps
 from zamqp.tests.eventtypes import Ping
+from zamqp.tests.test_zope_zcml import ProductConfig
 from zamqp.unpickling import loads
 from zamqp.zope import lifecycle
 from zamqp.zope import schemas
@@ -61,24 +62,6 @@ def booleans():
         for name in schema.names(all=True):
             if isinstance(schema[name], schemas.Bool):
                 yield directive, name
-
-
-class ProductConfig:
-    """Set ``<product-config zamqp>`` as zope.conf would."""
-
-    def __init__(self, **values):
-        self.values = values
-
-    def __enter__(self):
-        from App.config import getConfiguration
-        config = getConfiguration()
-        self.saved = getattr(config, 'product_config', None)
-        config.product_config = {'zamqp': self.values}
-        return self
-
-    def __exit__(self, *exc_info):
-        from App.config import getConfiguration
-        getConfiguration().product_config = self.saved
 
 
 class SandboxedRegistry(unittest.TestCase):
