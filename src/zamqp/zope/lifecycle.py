@@ -8,10 +8,11 @@ import time
 
 import zope.component
 
-from zamqp.zope import settings
 from zamqp.backoff import Backoff
 from zamqp.consumer import AMQPThread
 from zamqp.interfaces import IConsumerSpec
+from zamqp.zope import settings
+from zamqp.zope.zcml import check_product_config
 
 logger = logging.getLogger('zamqp')
 _lock = threading.Lock()
@@ -56,7 +57,6 @@ def database_opened(event):
     consumer whose site or user is not in the database, raises: the
     instance does not start with a configuration that cannot work.
     """
-    from zamqp.zope.zcml import check_product_config
     check_product_config()
     for name, spec in zope.component.getUtilitiesFor(IConsumerSpec):
         if spec.enabled:
