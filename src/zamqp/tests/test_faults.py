@@ -115,7 +115,11 @@ def test_broker_killed_and_restarted_during_a_stream(broker, threads,
     broadcast = AMQPConsumer(queue + '.all', props, everyone)
     threads(shared)
     threads(broadcast)
-    producer = AMQPProducer(queue, props, persistent=True, confirm=confirm)
+    # mandatory: a message the broker would confirm although no queue took
+    # it (published before the restarted node routes to the queue again)
+    # raises for the caller instead
+    producer = AMQPProducer(queue, props, persistent=True, confirm=confirm,
+                            mandatory=confirm)
     stream = Stream(producer, 2000)
     stream.start()
     stream.wait_sent(600)
