@@ -650,6 +650,19 @@ class Recorder:
         self.published.append(obj)
 
 
+def sandbox_on_exchange(test, prefix):
+    """A registry of ``test``'s own and a new exchange ``test.exchange``
+    (deleted at cleanup); return the configuration context to load into."""
+    test.exchange = unique(prefix)
+    test.admin = zopecontext.Admin()
+    test.addCleanup(test.admin.close)
+    test.addCleanup(test.admin.delete_exchange, test.exchange)
+    zca.pushGlobalRegistry()
+    test.addCleanup(zca.popGlobalRegistry)
+    test.addCleanup(zopecontext.close_producers)
+    return zca.stackConfigurationContext(test.layer['configurationContext'])
+
+
 class ContentOverTheBrokerTests(ContentTestCase):
     """zamqp and the test add-on from ZCML with content broadcasts: an
     object event notified in a transaction goes through the real broker
@@ -658,15 +671,7 @@ class ContentOverTheBrokerTests(ContentTestCase):
 
     def setUp(self):
         super().setUp()
-        self.exchange = unique('zamqp.test.references')
-        self.admin = zopecontext.Admin()
-        self.addCleanup(self.admin.close)
-        self.addCleanup(self.admin.delete_exchange, self.exchange)
-        zca.pushGlobalRegistry()
-        self.addCleanup(zca.popGlobalRegistry)
-        self.addCleanup(zopecontext.close_producers)
-        ctx = zca.stackConfigurationContext(
-            self.layer['configurationContext'])
+        ctx = sandbox_on_exchange(self, 'zamqp.test.references')
         xmlconfig.string(amqp_zcml(self.exchange, url=broker_url(),
                                    content=True), context=ctx)
         self.addCleanup(lifecycle.restore_sigterm)
@@ -729,15 +734,7 @@ class ContentOverJSONTests(ContentTestCase):
 
     def setUp(self):
         super().setUp()
-        self.exchange = unique('zamqp.test.references.json')
-        self.admin = zopecontext.Admin()
-        self.addCleanup(self.admin.close)
-        self.addCleanup(self.admin.delete_exchange, self.exchange)
-        zca.pushGlobalRegistry()
-        self.addCleanup(zca.popGlobalRegistry)
-        self.addCleanup(zopecontext.close_producers)
-        ctx = zca.stackConfigurationContext(
-            self.layer['configurationContext'])
+        ctx = sandbox_on_exchange(self, 'zamqp.test.references.json')
         xmlconfig.string(f'''
         <configure xmlns="http://namespaces.zope.org/zope"
                    xmlns:zamqp="http://namespaces.zope.org/zamqp">
