@@ -1,6 +1,27 @@
 """Backoff: how long to wait before the next connection attempt."""
 import random
 
+from amqp import exceptions as amqp_errors
+
+# The broker is down, starting or stopping: asking again is cheap.
+_AWAY = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError,
+         BrokenPipeError, amqp_errors.ConnectionForced)
+
+
+def broker_away(exc):
+    """Whether ``exc`` (or an exception it was raised from) says the
+    broker is down, starting or stopping rather than refusing us: the TCP
+    connection was refused, reset or aborted, the socket closed in the
+    handshake, or the broker closed the connection for shutdown."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _AWAY) or (isinstance(exc, OSError) and
+                                      str(exc) == 'Socket closed'):
+            return True
+        exc = exc.__cause__
+    return False
+
 
 class Backoff:
     """Jittered exponential delays between reconnect attempts.
@@ -8,10 +29,11 @@ class Backoff:
     Shared by producers and consumers. Each ``delay()`` doubles the
     next one, from ``first`` up to ``cap`` seconds, and is jittered to
     between half and all of it, so many clients of one broker do not
-    come back in step. A broker that refuses the TCP connection (it is
-    down or restarting) is cheap to ask again: ``delay(refused=True)``
-    waits at most ``refused_cap`` seconds, so clients are back within
-    about that long of the broker listening again. ``reset()`` (call it
+    come back in step. A broker that is away (``broker_away``: it
+    refuses or resets the TCP connection while down, starting or
+    stopping) is cheap to ask again: ``delay(refused=True)`` waits at
+    most ``refused_cap`` seconds, so clients are back within about that
+    long of the broker listening again. ``reset()`` (call it
     once a connection works) starts over from ``first``.
     """
 

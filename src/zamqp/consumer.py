@@ -7,7 +7,7 @@ import uuid
 from amqp import exceptions as amqp_errors
 from zope.interface import implementer
 
-from zamqp.backoff import Backoff
+from zamqp.backoff import Backoff, broker_away
 from zamqp.connection import CONNECTION_LOST
 from zamqp.connection import explain
 from zamqp.exceptions import ConfigurationError
@@ -221,7 +221,7 @@ class AMQPConsumer:
                 if not self._failed(exc):
                     self.stats.enter(State.FAILED, exc)
                     return
-                refused = _refused(exc)
+                refused = broker_away(exc)
             except Exception as exc:
                 self._crashed_session(exc)
             self._end_session()
@@ -531,16 +531,6 @@ def _count(value, setting, maximum=None):
             f'{setting}={value!r} is not a whole number from 0{limit}: fix '
             f'AMQPConsumer({setting}=...)')
     return value
-
-
-def _refused(exc):
-    """Whether ``exc`` says the broker refused the TCP connection."""
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, ConnectionRefusedError):
-            return True
-        cause = cause.__cause__
-    return 'refused the connection' in str(exc)
 
 
 def _ack_timeout(exc):

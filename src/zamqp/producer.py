@@ -17,6 +17,7 @@ from zamqp import signing
 from zamqp import transactional as _transactional
 from zamqp import window as _window_module
 from zamqp.backoff import Backoff
+from zamqp.backoff import broker_away
 from zamqp.connection import AMQPConnection
 from zamqp.transport import set_write_timeout
 from zamqp.exceptions import ConnectionFailed
@@ -353,7 +354,7 @@ class AMQPProducer:
                 raise exc       # a setting, or no broker from the start
         else:
             self._lost(exc)
-        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
+        refused = broker_away(exc)
         delay = 0.0 if self._first_retry(exc) else \
             self.backoff.delay(refused=refused)
         if time.monotonic() + delay >= deadline:
@@ -643,7 +644,7 @@ class AMQPProducer:
         if not isinstance(exc, ConnectionFailed):
             self._lost(exc)
         first = self._first_retry(exc)
-        refused = isinstance(exc.__cause__ or exc, ConnectionRefusedError)
+        refused = broker_away(exc)
         self._retry_at = time.monotonic() + (
             0.0 if first else self.backoff.delay(refused=refused))
         self._down = True

@@ -4,6 +4,8 @@ import pytest
 
 from zamqp import deadletter
 from zamqp.backoff import Backoff
+from zamqp.backoff import broker_away
+from zamqp.exceptions import ConnectionFailed
 from zamqp.policy import Redeliveries
 from zamqp.policy import RetryPolicy
 from zamqp.policy import Verdict
@@ -228,6 +230,43 @@ def test_backoff_doubles_is_jittered_capped_and_resets():
     assert backoff.delay() <= 1.0
     with pytest.raises(ValueError):
         Backoff(first=0)
+
+
+def _failed(cause):
+    """A ConnectionFailed raised from ``cause``, as zamqp raises it."""
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise ConnectionFailed(f'connect: failed: {exc}') from exc
+    except ConnectionFailed as failed:
+        return failed
+
+
+@pytest.mark.parametrize('cause', [
+    ConnectionRefusedError(111, 'Connection refused'),
+    ConnectionResetError(104, 'Connection reset by peer'),
+    ConnectionAbortedError(103, 'Software caused connection abort'),
+    BrokenPipeError(32, 'Broken pipe'),
+    OSError('Socket closed'),       # py-amqp: EOF in the handshake
+    amqp.exceptions.ConnectionForced('shutdown', 320),
+])
+def test_a_broker_down_starting_or_stopping_is_away(cause):
+    assert broker_away(cause)
+    assert broker_away(_failed(cause))
+    assert broker_away(ConnectionFailed('none of the brokers')) is False
+
+
+@pytest.mark.parametrize('cause', [
+    TimeoutError('timed out'),
+    OSError('No route to host'),
+    amqp.exceptions.AccessRefused('login refused', 403),
+    amqp.exceptions.NotAllowed('vhost', 530),
+    ValueError('Socket closed'),
+])
+def test_other_failures_are_not_away(cause):
+    assert not broker_away(cause)
+    assert not broker_away(_failed(cause))
 
 
 def test_status_counts_and_states():

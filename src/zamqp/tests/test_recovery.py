@@ -10,7 +10,9 @@ message published at that moment has reached it. The figures (median,
 max) are listed at the end of the run.
 """
 import json
+import socket
 import statistics
+import struct
 import threading
 import time
 
@@ -164,6 +166,54 @@ def test_consumers_consume_again_soon_after_every_restart(broker, start,
     for name, (to_consume, to_receive) in figures.items():
         assert max(to_consume) < LIMIT and max(to_receive) < LIMIT, \
             (name, to_consume, to_receive)
+
+
+class Resetter(threading.Thread):
+    """A port that accepts TCP connections and resets each at once, as a
+    broker that is starting or stopping does; records when each came."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.server = socket.create_server(('127.0.0.1', 0))
+        self.server.settimeout(0.1)
+        self.address = '127.0.0.1:%d' % self.server.getsockname()[1]
+        self.arrivals, self.done = [], threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            self.arrivals.append(time.monotonic())
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack('ii', 1, 0))
+            conn.close()
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        self.server.close()
+
+
+def test_a_broker_that_resets_connections_is_asked_again_soon(start):
+    """Resets in the handshake (a node starting or stopping) wait at
+    most the refused cap between attempts, as refusals do, instead of
+    doubling towards max_backoff: one CI run took 4 s to come back."""
+    resetter = Resetter()
+    resetter.start()
+    try:
+        consumer = AMQPConsumer(unique('zamqp.recovery.reset'),
+                                private_props(resetter.address, unique()),
+                                Seen(), routing_key='recovery')
+        start(consumer)
+        assert _wait(lambda: len(resetter.arrivals) >= 7, 8), \
+            resetter.arrivals
+    finally:
+        resetter.stop()
+    gaps = [b - a for a, b in zip(resetter.arrivals, resetter.arrivals[1:])]
+    assert max(gaps) <= AMQPConsumer.refused_backoff + 0.3, gaps
+    assert consumer.status()['state'] == 'reconnecting'
 
 
 def _wait(predicate, timeout):
