@@ -44,7 +44,7 @@ ensure_venv() {
             fi
         fi
     fi
-    want=$(cat "$ROOT/setup.cfg" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)
+    want=$(sha256sum <"$ROOT/pyproject.toml" | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$VENV/bin/python" -c '
 import sys, zamqp, pytest
 sys.exit(not zamqp.__file__.startswith(sys.argv[1]))' "$ROOT/src/" 2>/dev/null; then
