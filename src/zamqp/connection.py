@@ -15,7 +15,7 @@ from zamqp.transport import PublisherConnection
 from zamqp.transport import Readiness
 from zamqp.transport import connection_class
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 #: Errors that end a connection's use: the socket or the protocol failed
 #: (a consumer reconnects after them).

@@ -29,7 +29,7 @@ from zamqp.status import State
 from zamqp.unpickling import AllowRules
 from zamqp.worker import Worker
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 _DEFAULT = object()
 

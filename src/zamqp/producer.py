@@ -26,7 +26,7 @@ from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 #: Publish failures after which a new connection may succeed.
 RETRYABLE = (OSError, amqp_errors.AMQPError)

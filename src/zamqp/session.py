@@ -8,7 +8,7 @@ from zamqp import frames
 from zamqp.logtext import message_id
 from zamqp.settlement import Settlement
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 #: Messages handed to the worker at once, at most.
 HAND_OVER = 64

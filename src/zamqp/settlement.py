@@ -7,7 +7,7 @@ from zamqp.logtext import loggable
 from zamqp.logtext import message_id
 from zamqp.policy import Verdict
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 
 class Settlement:

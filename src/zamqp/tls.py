@@ -18,7 +18,7 @@ from amqp.transport import to_host_port
 
 from zamqp.exceptions import ConfigurationError
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 #: The file settings: attribute, URL option, what the file must hold.
 FILES = (

@@ -78,7 +78,7 @@ import weakref
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import ZAMQPError
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 
 #: Values of ``transaction._transaction.Status`` (a transaction's
 #: ``status``) after a commit ended, and while it runs.

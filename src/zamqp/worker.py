@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 _local = threading.local()
 
 

@@ -30,7 +30,7 @@ from zope.globalrequest import setRequest
 from zamqp.exceptions import ZAMQPError
 from zamqp.worker import current_delivery
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 _local = threading.local()
 
 

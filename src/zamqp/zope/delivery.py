@@ -24,7 +24,7 @@ from zamqp.interfaces import IMessageReceived
 from zamqp.interfaces import IProducer
 from zamqp.zope import references
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 _local = threading.local()
 
 

@@ -14,7 +14,7 @@ from zamqp.interfaces import IConsumerSpec
 from zamqp.zope import settings
 from zamqp.zope.zcml import check_product_config
 
-logger = logging.getLogger('zamqp')
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _threads = {}
 _supervised = {}        # name -> _Supervised, for each started consumer
