@@ -80,10 +80,13 @@ class AMQPConsumer:
     ``props.allow``, ``signed_allow`` to ``props.signed_allow`` (rules
     only for messages with a verified signature, see props.secret);
     ``max_size`` and ``max_depth`` replace the props' limits (None: no
-    limit). Messages refused by a limit, a signature check, the content
-    type, the decoder or because their frames cannot be decoded are
-    handled like undecodable ones; a body larger than ``max_size`` is
-    never assembled. With ``pass_message=True`` the callback is called
+    limit). ``untyped`` says what becomes of a message without a content
+    type: 'refuse' (None, the default), 'json' (decoded as JSON) or
+    'bytes' (its body delivered as bytes). Messages refused by a limit,
+    a signature check, the content type, decompression, the decoder or
+    because their frames cannot be decoded are handled like undecodable
+    ones; a body larger than ``max_size`` is never assembled, nor
+    decompressed to more than ``max_size`` bytes. With ``pass_message=True`` the callback is called
     as ``callback(body, message)``, ``message`` being the py-amqp
     message (headers, properties, delivery info).
 
@@ -103,7 +106,8 @@ class AMQPConsumer:
                  shared=False, durable=None, ack=None, prefetch=None,
                  accept=None, allow=(), pass_message=False, max_retries=3,
                  dead_letter_exchange=_DEFAULT, queue_type=None,
-                 signed_allow=(), max_size=_DEFAULT, max_depth=_DEFAULT):
+                 signed_allow=(), max_size=_DEFAULT, max_depth=_DEFAULT,
+                 untyped=None):
         self.queue = queue
         self.props = props
         self.callback = callback
@@ -131,7 +135,7 @@ class AMQPConsumer:
                   if value is not _DEFAULT}
         self.decoder = Decoder.for_props(
             props, accept, AllowRules.from_spec(allow),
-            AllowRules.from_spec(signed_allow), **limits)
+            AllowRules.from_spec(signed_allow), untyped=untyped, **limits)
         self.stats = ConsumerStatus()
         self.connection = None
         self.session = None

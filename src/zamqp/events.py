@@ -5,6 +5,7 @@ import threading
 import zope.event
 from zope.interface import implementer
 
+from zamqp import serializers
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IAMQPEvent
 from zamqp.producer import AMQPProducer
@@ -19,7 +20,12 @@ class AMQPEvent:
     """Notify it to send ``payload`` to every consumer of ``queue``.
 
     ``zope.event.notify(AMQPEvent(queue, props, payload))`` publishes the
-    payload (pickled) to ``props.exchange`` with routing key ``queue``.
+    payload (pickled) to ``props.exchange`` with routing key ``queue``;
+    with ``serializer='json'`` the payload is written as JSON (JSON
+    values, and datetime, date, time, Decimal, UUID and bytes, see
+    docs/serialization.rst), which the consumers' AMQPEventCallback
+    notifies as the same value, and which non-Python consumers, kombu
+    and celery can read.
     Creating an AMQPEvent makes sure ``dispatch`` is one of
     ``zope.event.subscribers``; in a Zope site the same dispatch also runs
     as a subscriber of the component registry. Either way the payload is
@@ -29,10 +35,11 @@ class AMQPEvent:
     published after the transaction committed, and never if it aborts.
     """
 
-    def __init__(self, queue, props, payload):
+    def __init__(self, queue, props, payload, serializer='pickle'):
         self.queue = queue
         self.props = props
         self.payload = payload
+        self.serializer = serializers.get(serializer).name
         self._pending = True
         install()
 
@@ -41,7 +48,8 @@ class AMQPEvent:
         if not self.__dict__.pop('_pending', False):
             return False
         try:
-            producer_for(self.queue, self.props)(self.payload)
+            producer_for(self.queue, self.props,
+                         self.serializer)(self.payload)
         except BaseException:
             self._pending = True    # not sent: notifying again may send it
             raise
@@ -77,19 +85,21 @@ def uninstall():
             zope.event.subscribers.remove(dispatch)
 
 
-def producer_for(queue, props):
-    """The shared producer events for ``queue`` on ``props`` go through.
+def producer_for(queue, props, serializer='pickle'):
+    """The shared producer events for ``queue`` on ``props`` written by
+    ``serializer`` go through.
 
     It is transactional: in a transaction it publishes on commit.
     """
-    key = (queue, props)
+    key = (queue, props) if serializer == 'pickle' else \
+        (queue, props, serializer)
     producer = _producers.get(key)
     if producer is None:
         with _lock:
             producer = _producers.get(key)
             if producer is None:
                 producer = _producers[key] = AMQPProducer(
-                    queue, props, transactional=True)
+                    queue, props, transactional=True, serializer=serializer)
                 _close_at_exit()
     return producer
 

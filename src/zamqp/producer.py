@@ -159,7 +159,10 @@ class AMQPProducer:
 
     The routing key is ``routing_key`` (default: ``queue``); fanout
     exchanges ignore it, direct and topic exchanges route by it.
-    ``serializer`` names the serializer ('pickle' or 'json').
+    ``serializer`` names the serializer ('pickle' or 'json');
+    ``compression`` ('zlib', 'bz2' or 'lzma'; default None) compresses
+    bodies and names the method in the ``compression`` header, as kombu
+    does (see docs/serialization.rst).
     ``persistent`` asks the broker to write messages to disk.
 
     The connection opens on the first call and is reused; calls from
@@ -226,7 +229,8 @@ class AMQPProducer:
 
     def __init__(self, queue, props, routing_key=None, serializer='pickle',
                  persistent=False, transactional=False, confirm=None,
-                 confirm_timeout=None, mandatory=False, window=WINDOW):
+                 confirm_timeout=None, mandatory=False, window=WINDOW,
+                 compression=None):
         if confirm not in (None, True, False):
             raise ValueError(f'confirm must be None, True or False, got '
                              f'{confirm!r}')
@@ -234,6 +238,7 @@ class AMQPProducer:
         self.props = props
         self.routing_key = queue if routing_key is None else routing_key
         self.serializer = serializers.get(serializer)
+        self.compression = serializers.check_compression(compression)
         self.delivery_mode = 2 if persistent else 1
         self.transactional = transactional
         self.confirm = confirm
@@ -320,10 +325,10 @@ class AMQPProducer:
         props have a secret)."""
         extra = {} if headers is None else \
             {'application_headers': _checked(headers)}
+        body = serializers.encode(self.serializer, obj, extra,
+                                  self.compression)
         msg = amqp.Message(
-            self.serializer.dumps(obj),
-            content_type=self.serializer.content_type,
-            delivery_mode=self.delivery_mode,
+            body, delivery_mode=self.delivery_mode,
             message_id=f'{self._id_prefix}-{next(self._ids)}', **extra)
         signer = self.props.signer
         if signer is not None:

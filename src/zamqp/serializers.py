@@ -4,6 +4,8 @@ import pickle
 
 from zope.interface import implementer
 
+from zamqp import contentcoding
+from zamqp import jsontypes
 from zamqp import limits
 from zamqp import signing
 from zamqp import unpickling
@@ -15,6 +17,9 @@ from zamqp.interfaces import ISerializer
 _PROPS = object()
 _by_name = {}
 _by_content_type = {}
+#: What a consumer does with a message without a content type: refuse it
+#: (the default), decode it as JSON, or deliver its body as bytes.
+UNTYPED = ('refuse', 'json', 'bytes')
 
 
 @implementer(ISerializer)
@@ -23,6 +28,7 @@ class PickleSerializer:
 
     name = 'pickle'
     content_type = 'application/x-python-serialize'
+    content_encoding = 'binary'
     protocol = pickle.DEFAULT_PROTOCOL
 
     def dumps(self, obj):
@@ -34,28 +40,34 @@ class PickleSerializer:
 
 @implementer(ISerializer)
 class JSONSerializer:
-    """JSON values: dicts, lists, strings, numbers, booleans and None."""
+    """JSON values: dicts, lists, strings, numbers, booleans and None,
+    and datetime, date, time, Decimal, UUID and bytes in the forms kombu
+    uses (zamqp.jsontypes). ``loads`` takes bytes (UTF-8, -16 or -32) or
+    text (decoded by the Decoder in the charset the message names)."""
 
     name = 'json'
     content_type = 'application/json'
+    content_encoding = 'utf-8'
 
     def dumps(self, obj):
-        return json.dumps(obj, separators=(',', ':')).encode('utf-8')
+        return json.dumps(obj, separators=(',', ':'),
+                          default=jsontypes.default).encode('utf-8')
 
     def loads(self, body, allow):
-        return json.loads(body)
+        return json.loads(body, object_hook=jsontypes.object_hook)
 
 
 def register(serializer):
     """Make ``serializer`` (an ISerializer) available by name and type."""
     _by_name[serializer.name] = serializer
-    _by_content_type[serializer.content_type] = serializer
+    _by_content_type[contentcoding.media_type(serializer.content_type)] = \
+        serializer
 
 
 def unregister(name):
     """Forget the serializer registered as ``name``."""
     serializer = _by_name.pop(name)
-    del _by_content_type[serializer.content_type]
+    del _by_content_type[contentcoding.media_type(serializer.content_type)]
 
 
 def get(name):
@@ -79,8 +91,44 @@ def check_names(names, setting):
                 "zamqp.serializers.register()")
 
 
+def check_compression(value, setting='compression='):
+    """The compression method ``value`` names ('zlib', 'bz2', 'lzma', or
+    a name kombu uses for one), None for None; else ConfigurationError."""
+    if value is None:
+        return None
+    return contentcoding.compression_method(value, setting)
+
+
+def encode(serializer, obj, properties, compression=None):
+    """The body for ``obj``, setting its content type, content encoding
+    and, when ``compression`` names a method, the compression header in
+    ``properties`` (the keywords of an amqp.Message)."""
+    body = serializer.dumps(obj)
+    properties['content_type'] = serializer.content_type
+    encoding = getattr(serializer, 'content_encoding', None)
+    if encoding is not None:
+        properties['content_encoding'] = encoding
+    if compression is not None:
+        body, header = contentcoding.compress(body, compression)
+        headers = dict(properties.get('application_headers') or {})
+        headers[contentcoding.COMPRESSION_HEADER] = header
+        properties['application_headers'] = headers
+    return body
+
+
 register(PickleSerializer())
 register(JSONSerializer())
+
+
+def check_untyped(value, setting='untyped='):
+    """``value`` if it is one of UNTYPED (None: 'refuse'); else
+    ConfigurationError naming ``setting``."""
+    if value is None:
+        return 'refuse'
+    if value not in UNTYPED:
+        raise ConfigurationError(
+            f"{setting} must be one of {', '.join(UNTYPED)}, got {value!r}")
+    return value
 
 
 @implementer(IDecoder)
@@ -90,18 +138,30 @@ class Decoder:
     In this order, each step refusing with MessageRefused: the body's
     size (``max_size``); the signature, when a ``signer``
     (zamqp.signing.Signer) is given: unsigned messages are refused unless
-    ``accept_unsigned``, badly signed ones always; the content type,
-    which must belong to a serializer named in ``accept``; decoding, with
-    the allow rules ``allow``, widened by ``signed_allow`` for messages
-    whose signature was verified; the nesting of the value
-    (``max_depth``). Nothing decodes a body before the checks in front
-    of it passed.
+    ``accept_unsigned``, badly signed ones always; decompression, when
+    the ``compression`` header names one (at most ``max_size`` bytes of
+    output); the content type (its media type, in any case), which must
+    belong to a serializer named in ``accept``; the charset its
+    ``charset`` parameter or the ``content_encoding`` names, which must
+    be one zamqp knows; decoding, with the allow rules ``allow``, widened
+    by ``signed_allow`` for messages whose signature was verified; the
+    nesting of the value (``max_depth``). Nothing decodes a body before
+    the checks in front of it passed. A message without a content type
+    is refused, or with ``untyped='json'`` decoded as JSON, with
+    ``untyped='bytes'`` delivered as its body (bytes).
     """
 
     def __init__(self, accept, allow, signed_allow=None, signer=None,
-                 accept_unsigned=False, max_size=None, max_depth=None):
+                 accept_unsigned=False, max_size=None, max_depth=None,
+                 untyped=None):
         self.accept = names(accept)
         check_names(self.accept, 'accept=')
+        self.untyped = check_untyped(untyped)
+        if self.untyped == 'json' and 'json' not in self.accept:
+            raise ConfigurationError(
+                "untyped='json' decodes messages without a content type "
+                "as JSON, but 'json' is not in accept=: add it, or choose "
+                f"another untyped= ({', '.join(UNTYPED)})")
         self.allow = allow
         self.signed_allow = allow if signed_allow is None \
             else allow | signed_allow
@@ -109,16 +169,18 @@ class Decoder:
         self.accept_unsigned = accept_unsigned
         self.max_size = max_size
         self.max_depth = max_depth
-        self._serializers = {_by_name[n].content_type: _by_name[n]
-                             for n in self.accept}
+        self._serializers = {
+            contentcoding.media_type(_by_name[n].content_type): _by_name[n]
+            for n in self.accept}
 
     @classmethod
     def for_props(cls, props, accept=None, allow=None, signed_allow=None,
-                  max_size=_PROPS, max_depth=_PROPS):
+                  max_size=_PROPS, max_depth=_PROPS, untyped=None):
         """The decoder for consumers of ``props``: ``accept`` replaces the
         props' serializers; ``allow`` and ``signed_allow`` (AllowRules)
         add to the props' rules; ``max_size`` and ``max_depth`` replace
-        the props' limits."""
+        the props' limits; ``untyped`` (None: 'refuse') is what becomes of
+        messages without a content type."""
         return cls(
             props.accept if accept is None else accept,
             props.allow if allow is None else props.allow | allow,
@@ -126,7 +188,8 @@ class Decoder:
             else props.signed_allow | signed_allow,
             signer=props.signer, accept_unsigned=props.accept_unsigned,
             max_size=props.max_size if max_size is _PROPS else max_size,
-            max_depth=props.max_depth if max_depth is _PROPS else max_depth)
+            max_depth=props.max_depth if max_depth is _PROPS else max_depth,
+            untyped=untyped)
 
     def __call__(self, message):
         body, properties = message.body, message.properties
@@ -134,6 +197,9 @@ class Decoder:
         allow = self.allow
         if self.signer is not None and self._signed(body, properties):
             allow = self.signed_allow
+        compression = contentcoding.compression_of(properties)
+        if compression is not None:
+            body = contentcoding.decompress(body, compression, self.max_size)
         value = self.decode(body, properties, allow)
         limits.check_depth(value, self.max_depth)
         return value
@@ -148,13 +214,26 @@ class Decoder:
         return True
 
     def decode(self, body, properties, allow=None):
-        """The value of ``body`` by its content type (no signature or
-        limit checks: ``__call__`` makes them)."""
+        """The value of ``body`` (decompressed) by its content type and
+        charset (no signature or limit checks: ``__call__`` makes them)."""
         content_type = properties.get('content_type')
-        serializer = self._serializers.get(content_type)
+        media, parameters = contentcoding.parse_content_type(content_type)
+        charset = contentcoding.charset(
+            parameters, properties.get('content_encoding'))
+        if not media:
+            if self.untyped == 'bytes':
+                return bytes(body)
+            if self.untyped == 'refuse':
+                raise MessageRefused(self._untyped(content_type))
+            serializer = _by_name['json']
+        else:
+            serializer = self._serializers.get(media)
         if serializer is None:
-            raise MessageRefused(self._not_accepted(content_type))
+            raise MessageRefused(self._not_accepted(content_type, media))
         try:
+            if charset is not None and getattr(
+                    serializer, 'content_encoding', 'binary') != 'binary':
+                body = bytes(body).decode(charset)
             return serializer.loads(
                 body, self.allow if allow is None else allow)
         except MessageRefused:
@@ -165,8 +244,15 @@ class Decoder:
                 f"({len(body)} bytes): {type(exc).__name__}: {exc}"
             ) from None
 
-    def _not_accepted(self, content_type):
-        known = _by_content_type.get(content_type)
+    def _untyped(self, content_type):
+        return (f"content type {content_type!r} has no serializer "
+                f"(accepted: {', '.join(self.accept)}): messages without "
+                "a content type are refused (untyped='refuse'); to take "
+                "them set untyped='json' or untyped='bytes' on the "
+                "consumer")
+
+    def _not_accepted(self, content_type, media):
+        known = _by_content_type.get(media)
         accepted = ', '.join(self.accept)
         if known is None:
             return (f"content type {content_type!r} has no serializer "

@@ -184,6 +184,10 @@ class IConsumerDirective(IExchangeFields):
                    description="Default: the connection's; 0: no limit.")
     max_depth = Int(title='Deepest nesting', required=False, min=0,
                     description="Default: the connection's; 0: no limit.")
+    untyped = Choice(title='Messages without a content type',
+                     values=('refuse', 'json', 'bytes'), required=False,
+                     description="'refuse' (default), 'json': decode "
+                     "as JSON, 'bytes': deliver the body.")
     site = TextLine(title='Site path', required=False, default='',
                     description="Zope: the site handlers run in, e.g. "
                     "'/plone'; default: the application root.")
