@@ -1,6 +1,8 @@
 """AMQPConnection: one py-amqp connection, one channel, its declarations."""
 import logging
+import os
 import socket
+import sys
 
 import amqp
 from amqp import exceptions as amqp_errors
@@ -8,6 +10,7 @@ from amqp.transport import to_host_port
 from zope.interface import implementer
 
 from zamqp import tls
+from zamqp import topology
 from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConnection
@@ -35,6 +38,13 @@ def explain(exc, props, operation, address=None):
         text, recoverable = diagnosis
         return ConnectionFailed(f"{operation}: {where}: {text}",
                                 recoverable=recoverable)
+    if isinstance(exc, amqp_errors.AccessRefused) and operation != 'connect':
+        return ConnectionFailed(
+            f"{operation}: {where} refused an operation to user "
+            f"{props.user!r} ({exc.reply_text}): grant the permission with "
+            f"rabbitmqctl set_permissions -p {props.virtual_host} "
+            f"{props.user} '<configure>' '<write>' '<read>' (see "
+            "docs/least-privilege.rst)", recoverable=False)
     if isinstance(exc, amqp_errors.AccessRefused):
         return ConnectionFailed(
             f"{operation}: {where} refused the login ({exc.reply_text}): "
@@ -125,13 +135,38 @@ def _connect_to(address, props, heartbeat, factory):
         host=address, userid=props.user, password=props.password,
         virtual_host=props.virtual_host, ssl=ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
-        read_timeout=props.timeout, write_timeout=props.timeout)
+        read_timeout=props.timeout, write_timeout=props.timeout,
+        **connection_options(props))
     try:
         conn.connect()
     except Exception as exc:
         _quietly(conn.collect)
         raise explain(exc, props, 'connect', address) from exc
     return conn
+
+
+def connection_name(props):
+    """The ``connection_name`` client property RabbitMQ shows for a
+    connection of ``props``: its own, else ``zamqp <program> <pid>``."""
+    if props.connection_name is not None:
+        return props.connection_name
+    program = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0]
+                               else sys.executable) or 'python'
+    return f'zamqp {program} {os.getpid()}'
+
+
+def connection_options(props):
+    """py-amqp's keywords for the connection name, channel_max,
+    frame_max and auth_mechanism of ``props`` (those that are set)."""
+    options = {'client_properties': {
+        'connection_name': connection_name(props)}}
+    if props.channel_max is not None:
+        options['channel_max'] = props.channel_max
+    if props.frame_max is not None:
+        options['frame_max'] = props.frame_max
+    if props.auth_mechanism is not None:
+        options['login_method'] = props.auth_mechanism
+    return options
 
 
 def _exclusive(exclusive, durable):
@@ -176,13 +211,15 @@ class AMQPConnection:
 
     def __init__(self, queue, props, mode='w', routing_key=None,
                  exclusive=None, durable=False, auto_delete=True,
-                 heartbeat=None, publisher=False):
+                 heartbeat=None, publisher=False, declare=None):
         if mode not in ('r', 'w'):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         self.queue = queue
         self.props = props
         self.mode = mode
         self.routing_key = queue if routing_key is None else routing_key
+        self.declare_mode = props.declare if declare is None else \
+            topology.check_mode(declare, 'AMQPConnection')
         self.queue_flags = dict(exclusive=_exclusive(exclusive, durable),
                                 durable=durable, auto_delete=auto_delete)
         if heartbeat is None:
@@ -212,6 +249,9 @@ class AMQPConnection:
             # them with whatever codec content_encoding names
             channel.auto_decode = False
             self.declare(channel)
+        except ConnectionFailed:
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             raise explain(exc, self.props, 'declare') from exc
@@ -229,13 +269,15 @@ class AMQPConnection:
             self._readiness.poll()
 
     def declare(self, channel):
-        """Declare the exchange, and in read mode the queue and binding."""
+        """Declare the exchange, and in read mode the queue and binding
+        (as ``declare`` says: all, only check them, or nothing)."""
         props = self.props
-        channel.exchange_declare(props.exchange, props.type, durable=True,
-                                 auto_delete=False)
+        declarer = topology.Declarer(channel, props, self.declare_mode)
+        declarer.exchange(props.exchange, props.type,
+                          props.exchange_arguments)
         if self.mode == 'r':
-            channel.queue_declare(self.queue, **self.queue_flags)
-            channel.queue_bind(self.queue, props.exchange, self.routing_key)
+            declarer.queue(self.queue, **self.queue_flags)
+            declarer.bind(self.queue, props.exchange, self.routing_key)
 
     def close(self):
         conn, self.connection, self._channel = self.connection, None, None

@@ -86,10 +86,9 @@ class AMQPConsumer:
     a signature check, the content type, decompression, the decoder or
     because their frames cannot be decoded are handled like undecodable
     ones; a body larger than ``max_size`` is never assembled, nor
-    decompressed to more than ``max_size`` bytes. With
-    ``pass_message=True`` the callback is called as
-    ``callback(body, message)``, ``message`` being the py-amqp message
-    (headers, properties, delivery info).
+    decompressed to more than ``max_size`` bytes. With ``pass_message=True`` the callback is called
+    as ``callback(body, message)``, ``message`` being the py-amqp
+    message (headers, properties, delivery info).
 
     Supervised: refused messages, callback errors, lost connections and
     zamqp's own errors are logged, never raised; the consumer reconnects
@@ -108,7 +107,8 @@ class AMQPConsumer:
                  accept=None, allow=(), pass_message=False, max_retries=3,
                  dead_letter_exchange=_DEFAULT, queue_type=None,
                  signed_allow=(), max_size=_DEFAULT, max_depth=_DEFAULT,
-                 untyped=None):
+                 untyped=None, declare=None, queue_arguments=None,
+                 binding_arguments=None):
         self.queue = queue
         self.props = props
         self.callback = callback
@@ -126,7 +126,8 @@ class AMQPConsumer:
         self.dead_letter_exchange = dead_letter_exchange
         self.declaration = QueueDeclaration(
             self.queue_name, shared, durable, queue_type, max_retries,
-            dead_letter_exchange)
+            dead_letter_exchange, queue_arguments, binding_arguments,
+            declare)
         self.policy = RetryPolicy(self.ack, max_retries, dead_letter_exchange,
                                   Redeliveries())
         self.ack_batch = max(1, prefetch // 10) if prefetch else 25

@@ -230,7 +230,7 @@ class AMQPProducer:
     def __init__(self, queue, props, routing_key=None, serializer='pickle',
                  persistent=False, transactional=False, confirm=None,
                  confirm_timeout=None, mandatory=False, window=WINDOW,
-                 compression=None):
+                 declare=None, compression=None):
         if confirm not in (None, True, False):
             raise ValueError(f'confirm must be None, True or False, got '
                              f'{confirm!r}')
@@ -248,7 +248,7 @@ class AMQPProducer:
         self.window = _window_module.ConfirmWindow(window, self._report)
         self.backoff = Backoff(first=0.1, cap=5.0, refused_cap=1.0)
         self.connection = AMQPConnection(queue, props, mode='w',
-                                         publisher=True)
+                                         publisher=True, declare=declare)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._channel = None        # the channel set up for publishing

@@ -1,4 +1,5 @@
 """AMQPProps: connection and exchange settings, from keywords or a URL."""
+import difflib
 import os
 import warnings
 from urllib.parse import parse_qsl
@@ -11,6 +12,7 @@ from zope.interface import implementer
 from zamqp import limits
 from zamqp import serializers
 from zamqp import tls
+from zamqp import topology
 from zamqp.exceptions import ConfigurationError
 from zamqp.interfaces import IAMQPProps
 from zamqp.signing import Signer
@@ -21,12 +23,19 @@ DEFAULTS = dict(
     host='localhost', port=None, user='guest', password='guest',
     virtual_host='/', ssl=False, heartbeat=60, connect_timeout=10.0,
     timeout=30.0, ca_file=None, cert_file=None, key_file=None,
-    server_hostname=None, verify=True,
+    server_hostname=None, verify=True, connection_name=None,
+    channel_max=None, frame_max=None, auth_mechanism=None,
 )
 #: Settings that are not the connection's: exchange, decoding, signing.
 MESSAGE_SETTINGS = ('exchange', 'type', 'accept', 'allow', 'signed_allow',
                     'secret', 'accepted_secrets', 'accept_unsigned',
-                    'signature_max_age', 'max_size', 'max_depth')
+                    'signature_max_age', 'max_size', 'max_depth',
+                    'declare', 'exchange_arguments')
+#: Settings that name files (os.PathLike accepted, kept as text).
+FILE_SETTINGS = ('ca_file', 'cert_file', 'key_file')
+#: SASL mechanisms (RabbitMQ's auth_mechanism URI option, py-amqp's
+#: login_method); EXTERNAL logs in with the TLS client certificate.
+AUTH_MECHANISMS = ('PLAIN', 'AMQPLAIN', 'EXTERNAL')
 
 
 def _verify_option(value):
@@ -35,11 +44,25 @@ def _verify_option(value):
     return value == 'verify_peer'
 
 
-#: URL query options: name -> (attribute, conversion). The TLS ones have
-#: RabbitMQ's URI names.
+def _milliseconds(value):
+    return float(value) / 1000
+
+
+def _auth_mechanism(value):
+    if value.upper() not in AUTH_MECHANISMS:
+        raise ValueError(value)
+    return value.upper()
+
+
+#: URL query options: name -> (attribute, conversion). The TLS ones and
+#: connection_timeout (milliseconds), channel_max, frame_max and
+#: auth_mechanism have the names of RabbitMQ's URI query parameters.
 URL_OPTIONS = {
     'heartbeat': ('heartbeat', int),
     'connect_timeout': ('connect_timeout', float),
+    'connection_timeout': ('connect_timeout', _milliseconds),
+    'channel_max': ('channel_max', int), 'frame_max': ('frame_max', int),
+    'auth_mechanism': ('auth_mechanism', _auth_mechanism),
     'timeout': ('timeout', float),
     'cacertfile': ('ca_file', str), 'certfile': ('cert_file', str),
     'keyfile': ('key_file', str),
@@ -95,7 +118,9 @@ class AMQPProps:
                  accepted_secrets=(), secret_env=None,
                  accept_unsigned=False, signed_allow=(),
                  signature_max_age=None, max_size=limits.MAX_SIZE,
-                 max_depth=limits.MAX_DEPTH):
+                 max_depth=limits.MAX_DEPTH, declare=True,
+                 exchange_arguments=None, connection_name=None,
+                 channel_max=None, frame_max=None, auth_mechanism=None):
         if realm is not _REALM_UNSET:
             warnings.warn(
                 "AMQPProps(realm=...) is ignored: access realms were "
@@ -106,10 +131,15 @@ class AMQPProps:
                      heartbeat=heartbeat, connect_timeout=connect_timeout,
                      timeout=timeout, ca_file=ca_file, cert_file=cert_file,
                      key_file=key_file, server_hostname=server_hostname,
-                     verify=verify)
+                     verify=verify, connection_name=connection_name,
+                     channel_max=channel_max, frame_max=frame_max,
+                     auth_mechanism=auth_mechanism)
         settings = dict(DEFAULTS, **parse_url(url) if url else {})
         url_hosts = settings.pop('hosts', None)
         settings.update((k, v) for k, v in given.items() if v is not None)
+        for name in FILE_SETTINGS:      # pathlib.Path and the like
+            if isinstance(settings[name], os.PathLike):
+                settings[name] = os.fspath(settings[name])
         self.__dict__.update(settings)
         if self.port is None:
             self.port = 5671 if self.ssl else 5672
@@ -125,6 +155,9 @@ class AMQPProps:
         self._next = 0
         self.exchange = exchange
         self.type = type
+        self.declare = topology.check_mode(declare, 'AMQPProps')
+        self.exchange_arguments = topology.check_arguments(
+            exchange_arguments, 'exchange_arguments', 'AMQPProps')
         self.accept = serializers.names(accept)
         self.allow = AllowRules.from_spec(allow)
         self.signed_allow = AllowRules.from_spec(signed_allow)
@@ -171,10 +204,13 @@ class AMQPProps:
         return cls(url=url, **kw)
 
     def _validate(self):
-        if self.type not in EXCHANGE_TYPES:
+        if self.type not in EXCHANGE_TYPES and not (
+                isinstance(self.type, str) and self.type.startswith('x-')
+                and len(self.type) > 2):
             raise ConfigurationError(
                 f"exchange type {self.type!r} is not one of "
-                f"{', '.join(EXCHANGE_TYPES)}: fix AMQPProps(type=...)")
+                f"{', '.join(EXCHANGE_TYPES)} or a plugin's type "
+                "('x-...', e.g. x-delayed-message): fix AMQPProps(type=...)")
         if not self.exchange or not isinstance(self.exchange, str):
             raise ConfigurationError(
                 "AMQPProps(exchange=...) must be a non-empty name, "
@@ -190,6 +226,27 @@ class AMQPProps:
                 raise ConfigurationError(
                     f"{name} must be a number of seconds >= 0, "
                     f"got {value!r}: fix AMQPProps({name}=...)")
+        for name, maximum in (('channel_max', 65535),
+                              ('frame_max', 2 ** 32 - 1)):
+            value = getattr(self, name)
+            if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int)
+                    or not 0 <= value <= maximum):
+                raise ConfigurationError(
+                    f"{name} must be a whole number from 0 to {maximum}, "
+                    f"got {value!r}: fix AMQPProps({name}=...) or the URL")
+        if self.auth_mechanism is not None and \
+                self.auth_mechanism not in AUTH_MECHANISMS:
+            raise ConfigurationError(
+                f"auth_mechanism {self.auth_mechanism!r} is not one of "
+                f"{', '.join(AUTH_MECHANISMS)}: fix "
+                "AMQPProps(auth_mechanism=...) or the URL")
+        if self.connection_name is not None and (
+                not isinstance(self.connection_name, str)
+                or not self.connection_name):
+            raise ConfigurationError(
+                "connection_name must be a non-empty text, got "
+                f"{self.connection_name!r}: fix AMQPProps(connection_name=...)")
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
         tls.check(self)
 
@@ -244,6 +301,8 @@ class AMQPProps:
         names = (*DEFAULTS, *MESSAGE_SETTINGS)
         values = [getattr(self, name) for name in names
                   if name not in ('host', 'port', 'ssl')]
+        values = [tuple(sorted(v.items(), key=repr)) if isinstance(v, dict)
+                  else v for v in values]
         return (self.hosts, repr(self.ssl), *values)
 
     def __eq__(self, other):
@@ -294,6 +353,8 @@ def _host_port(entry, default_port):
 
 def parse_url(url):
     """Return the connection settings an AMQP URL holds."""
+    if ';' in url:
+        return _parse_failover_url(url)
     parts = urlsplit(url)
     if parts.scheme not in ('amqp', 'amqps'):
         raise ConfigurationError(
@@ -320,6 +381,51 @@ def parse_url(url):
     return _url_path_and_query(parts, settings)
 
 
+def _parse_failover_url(url):
+    """kombu's failover form, ``amqp://h1;amqp://h2``: the brokers of
+    one set of settings (user, password, virtual host, options), tried in
+    turn like ``amqp://h1,h2``. URLs that differ in anything but host and
+    port are refused: zamqp has one set of settings for all brokers."""
+    urls = [part.strip() for part in url.split(';')]
+    if not all(urls) or not all(
+            urlsplit(part).scheme in ('amqp', 'amqps') for part in urls):
+        raise ConfigurationError(
+            "the URL has a ';' that does not separate amqp:// URLs "
+            "(kombu's failover form, amqp://h1;amqp://h2): a ';' in a "
+            "password must be quoted as %3B")
+    parsed = [parse_url(part) for part in urls]
+    hosts = []
+    for settings in parsed:
+        if 'hosts' in settings:
+            hosts.extend(parse_hosts(settings.pop('hosts'), None))
+        else:
+            hosts.append((settings.pop('host', 'localhost'),
+                          settings.pop('port', None)))
+    for settings, other in zip(parsed[1:], urls[1:]):
+        if settings != parsed[0]:
+            differ = sorted(name for name in {*settings, *parsed[0]}
+                            if settings.get(name) != parsed[0].get(name))
+            raise ConfigurationError(
+                f"the failover URLs differ in {', '.join(differ)} "
+                f"({_hide_password(other)} against the first): zamqp "
+                "uses one user, password, virtual host and options for "
+                "every broker; write amqp://user:password@h1:5672,"
+                "h2:5672/vhost")
+    settings = parsed[0]
+    default_port = 5671 if settings['ssl'] else 5672
+    settings['hosts'] = [(host, port or default_port)
+                         for host, port in hosts]
+    return settings
+
+
+def _hide_password(url):
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f':{parts.password}@', ':...@', 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _parse_multi_host_url(parts, userinfo, hostlist, settings):
     settings['hosts'] = hostlist
     user, colon, password = userinfo.partition(':')
@@ -341,15 +447,18 @@ def _url_options(query):
     options = {}
     for name, value in parse_qsl(query):
         if name not in URL_OPTIONS:
+            nearest = difflib.get_close_matches(name, URL_OPTIONS, n=1)
+            hint = f"did you mean {nearest[0]!r}? " if nearest else ''
             raise ConfigurationError(
-                f"unknown URL option {name!r}: use one of "
+                f"unknown URL option {name!r}: {hint}zamqp knows "
                 f"{', '.join(sorted(URL_OPTIONS))}")
         attribute, convert = URL_OPTIONS[name]
         try:
             options[attribute] = convert(value)
         except ValueError:
-            expected = 'verify_peer or verify_none' if name == 'verify' \
-                else 'a number'
+            expected = {'verify': 'verify_peer or verify_none',
+                        'auth_mechanism': ' or '.join(AUTH_MECHANISMS)}.get(
+                name, 'a number')
             raise ConfigurationError(
                 f"URL option {name}={value!r} is not {expected}") from None
     return options

@@ -1,4 +1,5 @@
 """The queue a consumer reads: its declaration, bindings and dead letters."""
+from zamqp import topology
 from zamqp.connection import AMQPConnection
 from zamqp.exceptions import ConfigurationError
 
@@ -21,10 +22,20 @@ class QueueDeclaration:
     auto-deleted, so its backlog survives its consumers and broker
     restarts (``queue_type='quorum'`` replicates it). No queue is
     transient and non-exclusive: RabbitMQ 4 refuses those.
+
+    ``queue_arguments`` are further arguments of the queue declaration
+    (``x-max-priority``, ``x-message-ttl``, ... to match a queue others
+    declared); ``binding_arguments`` those of its binding (a headers
+    exchange routes by them: ``{'x-match': 'all', 'color': 'red'}``).
+    ``declare`` (None: the props') is True, 'passive' or False (see
+    zamqp.topology); a broadcast queue is its connection's own, so it
+    needs True.
     """
 
     def __init__(self, name, shared, durable=None, queue_type=None,
-                 max_retries=3, dead_letter_exchange=None):
+                 max_retries=3, dead_letter_exchange=None,
+                 queue_arguments=None, binding_arguments=None,
+                 declare=None):
         self.name = name
         self.shared = shared
         self.queue_type = _check_queue_type(queue_type, shared)
@@ -33,6 +44,27 @@ class QueueDeclaration:
         self.auto_delete = not shared
         self.max_retries = max_retries
         self.dead_letter_exchange = dead_letter_exchange
+        self.queue_arguments = topology.check_arguments(
+            queue_arguments, 'queue_arguments', 'AMQPConsumer')
+        self.binding_arguments = topology.check_arguments(
+            binding_arguments, 'binding_arguments', 'AMQPConsumer')
+        if declare is not None:
+            topology.check_mode(declare, 'AMQPConsumer')
+        if declare not in (None, True) and not shared:
+            raise ConfigurationError(
+                f"declare={declare!r} needs shared=True: a broadcast "
+                "consumer's queue is exclusive to its connection, made "
+                "anew by each one, so nobody can declare it beforehand; "
+                "grant configure permission on its name instead (see "
+                "docs/least-privilege.rst)")
+        self.declare = declare
+        if queue_arguments and queue_type and \
+                queue_arguments.get('x-queue-type', queue_type) \
+                != queue_type:
+            raise ConfigurationError(
+                f"queue_type={queue_type!r} and queue_arguments "
+                f"{{'x-queue-type': {queue_arguments['x-queue-type']!r}}} "
+                "differ: give one of them")
 
     def flags(self):
         return dict(exclusive=self.exclusive, durable=self.durable,
@@ -41,8 +73,9 @@ class QueueDeclaration:
     def arguments(self):
         """The ``arguments`` of the queue declaration (or None)."""
         if self.queue_type is None:
-            return None
-        arguments = {'x-queue-type': self.queue_type}
+            return self.queue_arguments
+        arguments = dict(self.queue_arguments or {})
+        arguments['x-queue-type'] = self.queue_type
         if self.queue_type == 'quorum':
             arguments['x-delivery-limit'] = \
                 quorum_delivery_limit(self.max_retries)
@@ -85,21 +118,36 @@ class ConsumerConnection(AMQPConnection):
     """
 
     def __init__(self, declaration, props, routing_key=None):
+        if declaration.declare is None and props.declare is not True and \
+                not declaration.shared:
+            raise ConfigurationError(
+                f"declare={props.declare!r} (of the props) needs "
+                "shared=True for a consumer: a broadcast consumer's queue "
+                "is exclusive to its connection, so nobody can declare it "
+                "beforehand; give the consumer declare=True and grant "
+                "configure permission on its name (see "
+                "docs/least-privilege.rst)")
         super().__init__(declaration.name, props, mode='r',
-                         routing_key=routing_key, **declaration.flags())
+                         routing_key=routing_key, declare=declaration.declare,
+                         **declaration.flags())
         self.declaration = declaration
 
     def declare(self, channel):
+        """Declare the dead-letter exchange and its queue, the exchange,
+        the queue and its binding, as ``declare`` says (with 'passive'
+        the dead-letter exchange, the exchange and the queue are checked;
+        False declares and checks nothing)."""
+        declarer = topology.Declarer(channel, self.props, self.declare_mode)
         dlx = self.declaration.dead_letter_exchange
         if dlx:
-            channel.exchange_declare(dlx, 'fanout', durable=True,
-                                     auto_delete=False)
-            channel.queue_declare(dlx, durable=True, auto_delete=False)
-            channel.queue_bind(dlx, dlx, '')
+            declarer.exchange(dlx, 'fanout')
+            if self.declare_mode is True:
+                declarer.queue(dlx, durable=True, auto_delete=False)
+                declarer.bind(dlx, dlx, '')
         props = self.props
-        channel.exchange_declare(props.exchange, props.type, durable=True,
-                                 auto_delete=False)
-        channel.queue_declare(self.queue,
-                              arguments=self.declaration.arguments(),
-                              **self.queue_flags)
-        channel.queue_bind(self.queue, props.exchange, self.routing_key)
+        declarer.exchange(props.exchange, props.type,
+                          props.exchange_arguments)
+        declarer.queue(self.queue, arguments=self.declaration.arguments(),
+                       **self.queue_flags)
+        declarer.bind(self.queue, props.exchange, self.routing_key,
+                      self.declaration.binding_arguments)

@@ -189,6 +189,8 @@ def sample(field):
     if isinstance(field, schemas.Bool):
         return 'yes', True
     kind = type(field).__name__
+    if kind == 'ExchangeType':
+        return 'x-delayed-message', 'x-delayed-message'
     if kind == 'Int':
         low = field.min if field.min is not None else 1
         return str(low + 1), low + 1

@@ -19,6 +19,7 @@ from zope.schema import Int
 from zope.schema import TextLine
 from zope.schema.interfaces import InvalidValue
 
+from zamqp.props import AUTH_MECHANISMS
 from zamqp.props import EXCHANGE_TYPES
 
 TRUE = ('true', 'yes', 'on', '1')
@@ -48,6 +49,44 @@ class Bool(_ConfigurationBool):
         if word in FALSE:
             return False
         raise NotABoolean().with_field_and_value(self, value)
+
+
+class Declare(Bool):
+    """What zamqp declares: a boolean (true: declare what it uses, false:
+    nothing) or ``passive`` (only check that it exists)."""
+
+    _type = None
+
+    def fromUnicode(self, value):
+        if value.strip().lower() == 'passive':
+            return 'passive'
+        return super().fromUnicode(value)
+
+
+class ExchangeType(TextLine):
+    """fanout, direct, topic, headers or a plugin's type (``x-...``)."""
+
+    def fromUnicode(self, value):
+        value = value.strip()
+        if value not in EXCHANGE_TYPES and not (
+                value.startswith('x-') and len(value) > 2):
+            raise InvalidValue(
+                f'{value!r} is not one of {", ".join(EXCHANGE_TYPES)} '
+                "or a plugin's type (x-...)").with_field_and_value(
+                    self, value)
+        return value
+
+
+def _arguments_field(title, example):
+    return Tokens(title=title, value_type=TextLine(), required=False,
+                  description=f"name=value words, e.g. '{example}'; "
+                  'whole numbers are integers, true/false booleans.')
+
+
+DECLARE_DESCRIPTION = ('true (default): declare the exchange (consumers: '
+                       'queue, binding, dead-letter exchange); passive: '
+                       'only check they exist; false: declare nothing, '
+                       'use what an administrator declared.')
 
 
 class IConnectionDirective(Interface):
@@ -102,6 +141,19 @@ class IConnectionDirective(Interface):
                    description='Default 16 MiB; 0: no limit.')
     max_depth = Int(title='Deepest nesting', required=False, min=0,
                     description='Default 100; 0: no limit.')
+    declare = Declare(title='Declare the topology', required=False,
+                      description=DECLARE_DESCRIPTION)
+    connection_name = TextLine(
+        title='Connection name', required=False,
+        description="Shown by RabbitMQ (rabbitmqctl list_connections "
+        "client_properties); default 'zamqp <program> <pid>'.")
+    channel_max = Int(title='Most channels', required=False, min=0,
+                      max=65535)
+    frame_max = Int(title='Largest frame (bytes)', required=False, min=0)
+    auth_mechanism = Choice(title='SASL mechanism', required=False,
+                            values=AUTH_MECHANISMS,
+                            description='EXTERNAL: log in with the TLS '
+                            'client certificate.')
 
 
 class IExchangeFields(Interface):
@@ -112,8 +164,15 @@ class IExchangeFields(Interface):
                           default='default')
     exchange = TextLine(title='Exchange', required=False,
                         default='zamqp.broadcast.fanout')
-    type = Choice(title='Exchange type', values=EXCHANGE_TYPES,
-                  required=False, default='fanout')
+    type = ExchangeType(title='Exchange type', required=False,
+                        default='fanout',
+                        description='fanout, direct, topic, headers or a '
+                        "plugin's x-... type.")
+    exchange_arguments = _arguments_field('Exchange arguments',
+                                          'x-delayed-type=direct')
+    declare = Declare(title='Declare the topology', required=False,
+                      description="Default: the connection's. "
+                      + DECLARE_DESCRIPTION)
     routing_key = TextLine(title='Routing key', required=False,
                            description='Default: the queue (consumer) or '
                            'the name (producer).')
@@ -168,6 +227,10 @@ class IConsumerDirective(IExchangeFields):
         title='Dead-letter exchange', required=False,
         description="Where failed messages go; default '<exchange>.dead' "
         "for acknowledging consumers; 'none' drops them.")
+    queue_arguments = _arguments_field('Queue arguments',
+                                       'x-max-priority=10')
+    binding_arguments = _arguments_field('Binding arguments',
+                                         'x-match=all color=red')
     queue_type = Choice(title='Queue type', values=('classic', 'quorum'),
                         required=False,
                         description="'quorum' for replicated shared queues.")

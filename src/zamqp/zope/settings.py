@@ -43,6 +43,8 @@ URL_PARTS = ('host', 'hosts', 'port', 'user', 'password', 'virtual_host',
              'verify')
 #: Options whose 0 means "no limit" (None for Python).
 NO_LIMIT = ('max_size', 'max_depth')
+#: Options of name=value words, a dict for Python.
+ARGUMENTS = ('exchange_arguments', 'queue_arguments', 'binding_arguments')
 CONSUMER_PREFIX = 'consumer.'
 
 
@@ -77,9 +79,30 @@ def product_config():
 
 def python_values(values):
     """``values`` (option name -> converted value) as Python keywords:
-    a limit of 0 is None (no limit)."""
-    return {name: (None if name in NO_LIMIT and value == 0 else value)
+    a limit of 0 is None (no limit), name=value words a dict."""
+    return {name: (None if name in NO_LIMIT and value == 0 else
+                   arguments(name, value) if name in ARGUMENTS else value)
             for name, value in values.items()}
+
+
+def arguments(option, words):
+    """AMQP arguments from ``name=value`` words (a dict is kept): whole
+    numbers become integers, true and false booleans, the rest text."""
+    if words is None or isinstance(words, dict):
+        return words
+    found = {}
+    for word in words:
+        name, equals, value = word.partition('=')
+        if not equals or not name:
+            raise ConfigurationError(
+                f'{option}: {word!r} is not name=value, e.g. '
+                "x-max-priority=10 or x-match=all")
+        if value.lstrip('-').isdigit():
+            value = int(value)
+        elif value.lower() in ('true', 'false'):
+            value = value.lower() == 'true'
+        found[name] = value
+    return found
 
 
 def convert(key, field, text):
@@ -113,6 +136,11 @@ def _expected(field):
         kind = 'one of ' + ', '.join(map(str, values))
     elif kind == 'Bool':
         kind = f'{"/".join(schemas.TRUE)} or {"/".join(schemas.FALSE)}'
+    elif kind == 'Declare':
+        kind = (f'{"/".join(schemas.TRUE)}, {"/".join(schemas.FALSE)} or '
+                'passive')
+    elif kind == 'ExchangeType':
+        kind = "fanout, direct, topic, headers or a plugin's x-... type"
     elif kind == 'Tokens':
         kind = 'words separated by spaces'
     elif kind in ('Int', 'Float'):
@@ -291,9 +319,13 @@ def make_producer(name, props, options):
     """The producer a ``<zamqp:producer>`` declares: a transactional one
     begins a transaction when there is none (a zconsole script), so that
     its messages wait for a commit as the script's ZODB changes do."""
+    exchange = dict(exchange=prefixed(options['exchange']),
+                    type=options['type'])
+    if options.get('exchange_arguments'):
+        exchange['exchange_arguments'] = arguments(
+            'exchange_arguments', options['exchange_arguments'])
     producer = AMQPProducer(
-        name, props.replace(exchange=prefixed(options['exchange']),
-                            type=options['type']),
+        name, props.replace(**exchange), declare=options.get('declare'),
         routing_key=options['routing_key'],
         serializer=options['serializer'],
         persistent=options['persistent'],

@@ -41,10 +41,17 @@ class ConsumerSpec:
                  shared=False, durable=None, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), signed_allow=(), site='', user=None,
-                 enabled=True, **limits):
+                 enabled=True, exchange_arguments=None, **limits):
         self.name = name
-        self.props = props.replace(exchange=settings.prefixed(exchange),
-                                   type=type)
+        exchange_settings = dict(exchange=settings.prefixed(exchange),
+                                 type=type)
+        if exchange_arguments:
+            exchange_settings['exchange_arguments'] = settings.arguments(
+                'exchange_arguments', exchange_arguments)
+        self.props = props.replace(**exchange_settings)
+        for option in ('queue_arguments', 'binding_arguments'):
+            if limits.get(option) is not None:
+                limits[option] = settings.arguments(option, limits[option])
         self.queue = settings.prefixed(queue) if shared else queue
         self.routing_key = routing_key
         self.handler = handler
