@@ -86,9 +86,10 @@ class AMQPConsumer:
     a signature check, the content type, decompression, the decoder or
     because their frames cannot be decoded are handled like undecodable
     ones; a body larger than ``max_size`` is never assembled, nor
-    decompressed to more than ``max_size`` bytes. With ``pass_message=True`` the callback is called
-    as ``callback(body, message)``, ``message`` being the py-amqp
-    message (headers, properties, delivery info).
+    decompressed to more than ``max_size`` bytes. With
+    ``pass_message=True`` the callback is called as
+    ``callback(body, message)``, ``message`` being the py-amqp message
+    (headers, properties, delivery info).
 
     Supervised: refused messages, callback errors, lost connections and
     zamqp's own errors are logged, never raised; the consumer reconnects
