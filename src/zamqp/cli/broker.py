@@ -1,0 +1,1 @@
+"""``zamqp check``, ``zamqp status`` and ``zamqp topology``."""
