@@ -9,6 +9,7 @@ from amqp import exceptions as amqp_errors
 from amqp.transport import to_host_port
 from zope.interface import implementer
 
+from zamqp import memory
 from zamqp import tls
 from zamqp import topology
 from zamqp.exceptions import ConfigurationError
@@ -225,7 +226,9 @@ class AMQPConnection:
         if heartbeat is None:
             heartbeat = props.heartbeat if mode == 'r' else 0
         self.heartbeat = heartbeat
-        self.factory = connection_class(mode, publisher, props.ssl)
+        self.factory = memory.Connection \
+            if getattr(props, 'memory', None) is not None \
+            else connection_class(mode, publisher, props.ssl)
         self.connection = None
         self._channel = None
         self._readiness = None

@@ -108,6 +108,9 @@ class AMQPProps:
     None for no limit.
     """
 
+    #: The broker name of a ``memory://`` URL (zamqp.memory), else None.
+    memory = None
+
     def __init__(self, host=None, user=None, password=None, ssl=None,
                  exchange='zamqp.broadcast.fanout', type='fanout',
                  realm=_REALM_UNSET, port=None, virtual_host=None,
@@ -259,6 +262,8 @@ class AMQPProps:
             del settings['host']
             settings['hosts'] = self.hosts
         settings.update(changes)
+        if self.memory is not None:
+            settings.setdefault('url', self.url())
         return AMQPProps(**settings)
 
     @property
@@ -292,8 +297,10 @@ class AMQPProps:
     def url(self, address=None):
         """The URL of these props (or of the broker at ``address``), with
         the password left out."""
-        scheme = 'amqps' if self.ssl else 'amqp'
         vhost = quote(self.virtual_host, safe='')
+        if self.memory is not None:
+            return f'memory://{quote(self.memory)}/{vhost}'
+        scheme = 'amqps' if self.ssl else 'amqp'
         where = address or ','.join(self.addresses)
         return f'{scheme}://{quote(self.user)}@{where}/{vhost}'
 
@@ -303,7 +310,7 @@ class AMQPProps:
                   if name not in ('host', 'port', 'ssl')]
         values = [tuple(sorted(v.items(), key=repr)) if isinstance(v, dict)
                   else v for v in values]
-        return (self.hosts, repr(self.ssl), *values)
+        return (self.hosts, repr(self.ssl), self.memory, *values)
 
     def __eq__(self, other):
         if not isinstance(other, AMQPProps):
@@ -356,6 +363,9 @@ def parse_url(url):
     if ';' in url:
         return _parse_failover_url(url)
     parts = urlsplit(url)
+    if parts.scheme == 'memory':    # a broker in this process (tests)
+        from zamqp import memory
+        return memory.parse_url(url, _url_options)
     if parts.scheme not in ('amqp', 'amqps'):
         raise ConfigurationError(
             f"URL scheme {parts.scheme!r} is not amqp or amqps: write the "
