@@ -6,7 +6,8 @@ keys, ``{"__type__": <name>, "__value__": <value>}``:
 ==================  ============  ==========================================
 Python              ``__type__``  ``__value__``
 ==================  ============  ==========================================
-datetime.datetime   ``datetime``  ``isoformat()``: ``2024-05-01T12:30:00+00:00``
+datetime.datetime   ``datetime``  ``isoformat()``:
+                                  ``2024-05-01T12:30:00+00:00``
 datetime.date       ``date``      ``isoformat()``: ``2024-05-01``
 datetime.time       ``time``      ``isoformat()``: ``12:30:00.250000``
 decimal.Decimal     ``decimal``   ``str()``: ``"12.50"``

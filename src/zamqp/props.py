@@ -249,7 +249,8 @@ class AMQPProps:
                 or not self.connection_name):
             raise ConfigurationError(
                 "connection_name must be a non-empty text, got "
-                f"{self.connection_name!r}: fix AMQPProps(connection_name=...)")
+                f"{self.connection_name!r}: fix "
+                "AMQPProps(connection_name=...)")
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
         tls.check(self)
 

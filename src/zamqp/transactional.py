@@ -34,9 +34,9 @@ The active transaction
 
     A thread that began a transaction (or called ``transaction.get()``)
     and never ends it keeps its messages forever; at exit, messages of
-    transactions that were never committed are logged at WARNING. Code that runs in an
-    abort hook still runs inside the aborting transaction: its messages
-    are dropped with it.
+    transactions that were never committed are logged at WARNING. Code
+    that runs in an abort hook still runs inside the aborting
+    transaction: its messages are dropped with it.
 
 Savepoints
     The outbox joins the transaction as a data manager, so rolling back a

@@ -86,7 +86,8 @@ def test_long_callback_keeps_the_connection_alive(make_props, start, caplog):
     assert consumer.error is None
     assert not zamqp_log(caplog, 'connected again')
     assert not [r for r in caplog.records
-                if r.name.split('.')[0] == 'zamqp' and r.levelno >= logging.WARNING]
+                if r.name.split('.')[0] == 'zamqp'
+                and r.levelno >= logging.WARNING]
     producer.close()
 
 

@@ -31,7 +31,8 @@ PICKLE = 'application/x-python-serialize'
 def logged(caplog, *words):
     """Wait until one 'zamqp' log record contains all ``words``."""
     def found():
-        return [r for r in list(caplog.records) if r.name.split('.')[0] == 'zamqp'
+        return [r for r in list(caplog.records)
+                if r.name.split('.')[0] == 'zamqp'
                 and all(w in r.getMessage() for w in words)]
     assert wait_for(found, timeout=3), [r.getMessage()
                                         for r in caplog.records]

@@ -307,7 +307,8 @@ def test_unconfirmed_messages_after_commit_are_logged_not_raised(
     returned = committing('returned', routing_key='nowhere')
     tm.commit()     # does not raise
     errors = [r.getMessage() for r in caplog.records
-              if r.name.split('.')[0] == 'zamqp' and r.levelno >= logging.ERROR]
+              if r.name.split('.')[0] == 'zamqp'
+              and r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert nacked in errors[0] and returned in errors[0]
     assert ok not in errors[0]

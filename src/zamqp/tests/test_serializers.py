@@ -85,7 +85,6 @@ from hypothesis import settings                         # noqa: E402
 from hypothesis import strategies as st                 # noqa: E402
 
 from zamqp import contentcoding                         # noqa: E402
-from zamqp import jsontypes                             # noqa: E402
 
 
 def receive(body, max_size=None, accept=('pickle', 'json'), untyped=None,
