@@ -1,4 +1,5 @@
 """AMQPConnection: one py-amqp connection, one channel, its declarations."""
+import functools
 import logging
 import os
 import socket
@@ -137,6 +138,8 @@ def _connect_to(address, props, heartbeat, factory):
         virtual_host=props.virtual_host, ssl=ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
         read_timeout=props.timeout, write_timeout=props.timeout,
+    if props.channel_max is not None or props.frame_max is not None:
+        factory = negotiating(factory)
         **connection_options(props))
     try:
         conn.connect()
@@ -151,9 +154,34 @@ def connection_name(props):
     connection of ``props``: its own, else ``zamqp <program> <pid>``."""
     if props.connection_name is not None:
         return props.connection_name
-    program = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0]
-                               else sys.executable) or 'python'
-    return f'zamqp {program} {os.getpid()}'
+    path = sys.argv[0] if sys.argv and sys.argv[0] else sys.executable
+    program = os.path.basename(path)
+    if program == '__main__.py':        # python -m package: the package
+        program = os.path.basename(os.path.dirname(path))
+    return f'zamqp {program or "python"} {os.getpid()}'
+
+
+@functools.lru_cache(maxsize=None)
+def negotiating(factory):
+    """``factory`` (a py-amqp connection class) answering the broker's
+    connection.tune with the lower of its limits and ours: py-amqp
+    answers with the broker's and drops channel_max and frame_max."""
+
+    class Negotiating(factory):
+        def _on_tune(self, channel_max, frame_max, server_heartbeat,
+                     argsig='BlB'):
+            super()._on_tune(_lower(channel_max, self.channel_max),
+                             _lower(frame_max, self.frame_max),
+                             server_heartbeat, argsig)
+
+    Negotiating.__name__ = Negotiating.__qualname__ = factory.__name__
+    return Negotiating
+
+
+def _lower(offered, wanted):
+    """The lower of a broker's limit and ours; 0 is no limit."""
+    return min(offered, wanted) if offered and wanted else \
+        (offered or wanted)
 
 
 def connection_options(props):
