@@ -133,13 +133,13 @@ def _connect_to(address, props, heartbeat, factory):
         except ConfigurationError as exc:
             raise ConnectionFailed(f"connect: {exc}",
                                    recoverable=False) from exc
+    if props.channel_max is not None or props.frame_max is not None:
+        factory = negotiating(factory)
     conn = factory(
         host=address, userid=props.user, password=props.password,
         virtual_host=props.virtual_host, ssl=ssl,
         heartbeat=heartbeat, connect_timeout=props.connect_timeout,
         read_timeout=props.timeout, write_timeout=props.timeout,
-    if props.channel_max is not None or props.frame_max is not None:
-        factory = negotiating(factory)
         **connection_options(props))
     try:
         conn.connect()
