@@ -19,16 +19,18 @@ Sections (names are case-sensitive, keys are not):
     password, virtual_host, ssl, heartbeat, connect_timeout, timeout,
     ca_file, cert_file, key_file, server_hostname, verify, secret,
     secret_env, accepted_secrets, accept_unsigned, signature_max_age,
-    max_size, max_depth; and ``exchange`` and ``type``, the defaults of
+    max_size, max_depth, declare, connection_name, channel_max,
+    frame_max, auth_mechanism; and ``exchange`` and ``type``, the defaults of
     the consumers on this connection. A connection without url, host or
     hosts connects to ``default_url`` (the command's ``--url``). The
     connection ``default`` need not be declared: it is ``default_url``.
 ``[consumer NAME]``
     The options of ``<zamqp:consumer>`` with the same meanings:
-    connection, exchange, type, routing_key, queue, handler, events,
-    shared, durable, ack, prefetch, max_retries, dead_letter_exchange
-    (``none`` drops), queue_type, accept, allow, signed_allow, max_size,
-    max_depth, enabled. ``handler`` is the dotted name of a callable
+    connection, exchange, type, exchange_arguments, declare,
+    routing_key, queue, handler, events, shared, durable, ack, prefetch,
+    max_retries, dead_letter_exchange (``none`` drops), queue_arguments,
+    binding_arguments, queue_type, accept, allow, signed_allow, max_size,
+    max_depth, untyped, enabled. ``handler`` is the dotted name of a callable
     called with a MessageReceived event (``consumer``, ``body``,
     ``message``, ``site`` None), as in Zope; ``events = true`` notifies
     the body as a zope event instead; one of the two is required.
@@ -50,6 +52,7 @@ import re
 
 from zamqp.exceptions import ConfigurationError
 from zamqp.props import AMQPProps
+from zamqp.props import AUTH_MECHANISMS
 from zamqp.props import EXCHANGE_TYPES
 
 TRUE = ('true', 'yes', 'on', '1')
@@ -120,6 +123,41 @@ def words(value):
     return tuple(value.split())
 
 
+def exchange_type(value):
+    if value not in EXCHANGE_TYPES and not (
+            value.startswith('x-') and len(value) > 2):
+        raise ValueError(f'one of {", ".join(EXCHANGE_TYPES)} or a '
+                         "plugin's type (x-...)")
+    return value
+
+
+def declare_mode(value):
+    if value.lower() == 'passive':
+        return 'passive'
+    try:
+        return boolean(value)
+    except ValueError:
+        raise ValueError('a boolean or passive') from None
+
+
+def arguments(value):
+    """AMQP arguments from name=value words: whole numbers become
+    integers, true and false booleans, the rest text (as in ZCML)."""
+    found = {}
+    for word in value.split():
+        name, equals, text_ = word.partition('=')
+        if not equals or not name:
+            raise ValueError(f'name=value words, e.g. x-max-priority=10 '
+                             f'({word!r} is not)')
+        if text_.lstrip('-').isdigit():
+            found[name] = int(text_)
+        elif text_.lower() in ('true', 'false'):
+            found[name] = text_.lower() == 'true'
+        else:
+            found[name] = text_
+    return found
+
+
 def limit(value):
     result = whole(0)(value)
     return None if result == 0 else result
@@ -149,19 +187,25 @@ CONNECTION_OPTIONS = {
     'key_file': text, 'server_hostname': text, 'verify': boolean,
     'secret': text, 'secret_env': text, 'accepted_secrets': words,
     'accept_unsigned': boolean, 'signature_max_age': number(0.001),
-    'max_size': limit, 'max_depth': limit,
-    'exchange': text, 'type': choice(*EXCHANGE_TYPES),
+    'max_size': limit, 'max_depth': limit, 'declare': declare_mode,
+    'connection_name': text, 'channel_max': whole(0, 65535),
+    'frame_max': whole(0), 'auth_mechanism': choice(*AUTH_MECHANISMS,
+                                                    lower=False),
+    'exchange': text, 'type': exchange_type,
 }
 #: [consumer NAME]: the attributes of <zamqp:consumer> (site and user are
 #: Zope's, refused with a reason).
 CONSUMER_OPTIONS = {
-    'connection': text, 'exchange': text, 'type': choice(*EXCHANGE_TYPES),
+    'connection': text, 'exchange': text, 'type': exchange_type,
+    'exchange_arguments': arguments, 'declare': declare_mode,
     'routing_key': text, 'queue': text, 'handler': dotted, 'events': boolean,
     'shared': boolean, 'durable': boolean, 'ack': boolean,
     'prefetch': whole(0, 65535), 'max_retries': whole(0),
     'dead_letter_exchange': text, 'queue_type': choice('classic', 'quorum'),
     'accept': words, 'allow': words, 'signed_allow': words,
     'max_size': limit, 'max_depth': limit, 'enabled': boolean,
+    'queue_arguments': arguments, 'binding_arguments': arguments,
+    'untyped': choice('refuse', 'json', 'bytes', lower=False),
 }
 ZOPE_ONLY = ('site', 'user')
 WORKER_OPTIONS = {
@@ -233,18 +277,6 @@ class WorkerConfig:
         self.consumers = consumers
         self.stop_timeout = stop_timeout
         self.log_level = log_level
-
-    def exchanges(self):
-        """``{exchange: (type, props)}`` every consumer would declare,
-        dead-letter exchanges included (fanout)."""
-        found = {}
-        for consumer in self.consumers.values():
-            props = consumer.props
-            found.setdefault(props.exchange, (props.type, props))
-            dlx = consumer.dead_letter_exchange
-            if dlx:
-                found.setdefault(dlx, ('fanout', props))
-        return found
 
 
 def _line_numbers(lines):
@@ -418,8 +450,12 @@ def _consumer(reader, section, name, values, connections):
     exchange = options.pop('exchange', None) or connection.exchange or \
         DEFAULT_EXCHANGE
     type_ = options.pop('type', None) or connection.type or 'fanout'
+    exchange_settings = dict(exchange=exchange, type=type_)
+    if 'exchange_arguments' in options:
+        exchange_settings['exchange_arguments'] = \
+            options.pop('exchange_arguments')
     try:
-        props = connection.props.replace(exchange=exchange, type=type_)
+        props = connection.props.replace(**exchange_settings)
     except ConfigurationError as exc:
         raise reader.error(section, 'exchange', str(exc)) from None
     handler = options.pop('handler', None)
