@@ -131,6 +131,7 @@ class _ChannelError(Exception):
         self.code = code
         self.text = f'{_CODE_NAMES.get(code, code)} - {text}'
         self.connection = connection
+        self.method = (0, 0)
 
 
 def _vhost_text(vhost):
@@ -594,7 +595,7 @@ class _Peer:
                 self._content_frame(channel, frame_type, payload)
         except _ChannelError as exc:
             if exc.connection or channel_id == 0:
-                self.force_close(exc.code, exc.text)
+                self.force_close(exc.code, exc.text, exc.method)
             else:
                 self.channel_error(channel_id, exc)
 
@@ -614,8 +615,9 @@ class _Peer:
             self.vhost = self.broker.vhost(args[0])
             self.send(0, spec.Connection.OpenOk, 's', ('',))
         elif method == spec.Connection.Close:
-            self.cleanup()
+            self.cleanup(keep_transport=True)
             self.send(0, spec.Connection.CloseOk)
+            self.transport.put(None)
         elif method == spec.Connection.CloseOk:
             self.cleanup()
         else:
@@ -666,7 +668,11 @@ class _Peer:
         if handler is None:
             raise _ChannelError(UNEXPECTED_FRAME,
                                 f'unexpected method {method}', True)
-        handler(self, channel, *args)
+        try:
+            handler(self, channel, *args)
+        except _ChannelError as exc:
+            exc.method = method
+            raise
 
     def _content_frame(self, channel, frame_type, payload):
         content = channel.content
@@ -700,13 +706,13 @@ class _Peer:
         channel.content = None
         channel.close(self.broker, self.vhost)
         self.send(channel_id, spec.Channel.Close, 'BsBB',
-                  (exc.code, exc.text, 0, 0))
+                  (exc.code, exc.text, *exc.method))
 
-    def force_close(self, code, text):
+    def force_close(self, code, text, method=(0, 0)):
         """Close the connection from the broker's side."""
         if self.closing or self.closed:
             return
-        self.send(0, spec.Connection.Close, 'BsBB', (code, text, 0, 0))
+        self.send(0, spec.Connection.Close, 'BsBB', (code, text, *method))
         self.cleanup(keep_transport=True)
 
     def cleanup(self, keep_transport=False):

@@ -1,0 +1,547 @@
+"""One behaviour suite for RabbitMQ and the memory:// broker.
+
+Every test runs twice through the ``transport`` fixture: on the shared
+RabbitMQ ('rabbitmq') and on an in-process broker of its own ('memory').
+The assertions are the same, so the memory broker cannot drift from
+RabbitMQ where zamqp.memory claims to model it (docs/memory.rst).
+"""
+import json
+import threading
+import time
+
+import amqp
+import pytest
+import zope.event
+from amqp import exceptions as amqp_errors
+from amqp import spec
+
+from zamqp import AMQPConsumer
+from zamqp import AMQPEvent
+from zamqp import AMQPEventCallback
+from zamqp import AMQPProducer
+from zamqp import AMQPProps
+from zamqp import AMQPThread
+from zamqp import deadletter
+from zamqp import events
+from zamqp import memory
+from zamqp.demo import Greeting
+from zamqp.exceptions import NotConfirmed
+from zamqp.testhelpers import broker_url
+from zamqp.testhelpers import unique
+from zamqp.testhelpers import wait_for
+
+
+def quiet(seconds=0.3):
+    """Give stray deliveries the chance to arrive (to see none do)."""
+    time.sleep(seconds)
+
+
+def raw_connection(url):
+    """A plain py-amqp connection to the broker of ``url``."""
+    props = AMQPProps(url=url)
+    factory = memory.Connection if props.memory else amqp.Connection
+    connection = factory(props.address, userid=props.user,
+                         password=props.password,
+                         virtual_host=props.virtual_host, connect_timeout=5)
+    connection.connect()
+    return connection
+
+
+class Env:
+    """Props, consumers and a raw channel on one broker; what a test
+    declares is deleted at teardown."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        if transport == 'memory':
+            self.name = unique('behaviour')
+            self.url = f'memory://{self.name}'
+        else:
+            self.url = broker_url()
+        self.exchanges = []
+        self.queues = []
+        self.threads = []
+        self.producers = []
+        self.connection = raw_connection(self.url)
+        self.channel = self.connection.channel()
+
+    def props(self, **kw):
+        props = AMQPProps(url=self.url, exchange=unique('behaviour'), **kw)
+        self.exchanges += [props.exchange, f'{props.exchange}.dead']
+        self.queues.append(f'{props.exchange}.dead')
+        return props
+
+    def start(self, consumer):
+        if consumer.shared:
+            self.queues.append(consumer.queue_name)
+        thread = AMQPThread(consumer)
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
+    def producer(self, *args, **kw):
+        producer = AMQPProducer(*args, **kw)
+        self.producers.append(producer)
+        return producer
+
+    def fresh_channel(self):
+        """A new raw channel (after one the broker closed)."""
+        self.channel = self.connection.channel()
+        return self.channel
+
+    def queue(self, **arguments):
+        """An exclusive, server-named queue on the raw connection."""
+        return self.channel.queue_declare(
+            '', exclusive=True, arguments=arguments or None).queue
+
+    def take(self, queue):
+        """The bodies waiting in ``queue`` (taken, acknowledged)."""
+        taken = []
+        while (message := self.channel.basic_get(queue, no_ack=True)) \
+                is not None:
+            taken.append(message)
+        return taken
+
+    def depth(self, queue):
+        return self.channel.queue_declare(queue, passive=True).message_count
+
+    def close(self):
+        for thread in self.threads:
+            thread.consumer.stop()
+        for thread in self.threads:
+            thread.stop()
+        for producer in self.producers:
+            producer.close()
+        channel = self.fresh_channel()
+        for queue in self.queues:
+            channel.queue_delete(queue)
+        for exchange in self.exchanges:
+            channel.exchange_delete(exchange)
+        self.connection.close()
+        if self.transport == 'memory':
+            memory.reset(self.name)
+
+
+@pytest.fixture(params=['rabbitmq', 'memory'])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def env(transport):
+    env = Env(transport)
+    yield env
+    env.close()
+
+
+# routing
+
+def test_fanout_broadcasts_to_every_consumer(env):
+    props = env.props()
+    inboxes = [[], []]
+    for inbox in inboxes:
+        env.start(AMQPConsumer('news', props, inbox.append))
+    producer = env.producer('whatever-key', props, confirm=True)
+    for n in range(5):
+        producer(n)
+    assert wait_for(lambda: all(len(i) == 5 for i in inboxes))
+    quiet()
+    assert inboxes == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+
+
+def test_direct_routes_by_key(env):
+    props = env.props(type='direct')
+    orders, invoices = [], []
+    env.start(AMQPConsumer('orders', props, orders.append))
+    env.start(AMQPConsumer('invoices', props, invoices.append))
+    producer = env.producer('orders', props, confirm=True)
+    producer('o1')
+    producer('i1', routing_key='invoices')
+    producer('nobody', routing_key='other')
+    assert wait_for(lambda: orders and invoices)
+    quiet()
+    assert (orders, invoices) == (['o1'], ['i1'])
+
+
+#: Topic patterns and the keys (of KEYS) each one routes, by hand.
+TOPIC = {
+    'a.*': {'a.b', 'a.c', 'a.'},
+    'a.#': {'a', 'a.b', 'a.c', 'a.b.c', 'a.b.b.c', 'a.'},
+    '#': {'', 'a', 'b', 'c', 'a.b', 'a.c', 'a.b.c', 'a.b.b.c', 'a.'},
+    '*': {'a', 'b', 'c'},
+    '#.c': {'c', 'a.c', 'a.b.c', 'a.b.b.c'},
+    '*.b.#': {'a.b', 'a.b.c', 'a.b.b.c'},
+    'a.#.c': {'a.c', 'a.b.c', 'a.b.b.c'},
+    '#.#': {'', 'a', 'b', 'c', 'a.b', 'a.c', 'a.b.c', 'a.b.b.c', 'a.'},
+    'a.b': {'a.b'},
+}
+KEYS = ['', 'a', 'b', 'c', 'a.b', 'a.c', 'a.b.c', 'a.b.b.c', 'a.']
+
+
+def test_topic_wildcards(env):
+    props = env.props(type='topic')
+    channel = env.channel
+    channel.exchange_declare(props.exchange, 'topic', durable=True,
+                             auto_delete=False)
+    queues = {}
+    for pattern in TOPIC:
+        queues[pattern] = env.queue()
+        channel.queue_bind(queues[pattern], props.exchange, pattern)
+    producer = env.producer('x', props, serializer='json', confirm=True)
+    for key in KEYS:
+        producer(key, routing_key=key)
+    routed = {pattern: {_text(m) for m in env.take(queue)}
+              for pattern, queue in queues.items()}
+    assert routed == TOPIC
+
+
+def _text(message):
+    """The text a JSON message carries."""
+    return json.loads(message.body)
+
+
+def test_topic_consumer_pattern(env):
+    props = env.props(type='topic')
+    got = []
+    env.start(AMQPConsumer('orders', props, got.append,
+                           routing_key='orders.*.eu'))
+    producer = env.producer('orders', props, confirm=True)
+    for key in ('orders.new.eu', 'orders.new.us', 'orders.eu',
+                'orders.paid.eu'):
+        producer(key, routing_key=key)
+    assert wait_for(lambda: len(got) == 2)
+    quiet()
+    assert got == ['orders.new.eu', 'orders.paid.eu']
+
+
+#: Binding arguments of a headers exchange, and the messages (by name,
+#: of HEADERS) each routes, by hand.
+BINDINGS = {
+    'all-kind-region': ({'x-match': 'all', 'kind': 'order',
+                         'region': 'eu'}, {'m1', 'm7'}),
+    'any-kind-region': ({'x-match': 'any', 'kind': 'order',
+                         'region': 'eu'}, {'m1', 'm2', 'm7'}),
+    'default-is-all': ({'kind': 'order', 'region': 'eu'}, {'m1', 'm7'}),
+    'all-nothing': ({'x-match': 'all'}, {'m1', 'm2', 'm3', 'm4', 'm5',
+                                         'm6', 'm7', 'm8'}),
+    'any-nothing': ({'x-match': 'any'}, set()),
+    'int': ({'count': 1}, {'m5'}),
+    'x-keys-ignored': ({'x-match': 'any', 'x-tag': 'yes'}, set()),
+}
+HEADERS = {
+    'm1': {'kind': 'order', 'region': 'eu'},
+    'm2': {'kind': 'order'},
+    'm3': {'region': 'us'},
+    'm4': {},
+    'm5': {'count': 1},
+    'm6': {'count': '1'},
+    'm7': {'kind': 'order', 'region': 'eu', 'extra': 1},
+    'm8': {'x-tag': 'yes'},
+}
+
+
+def test_headers_matching(env):
+    props = env.props(type='headers')
+    channel = env.channel
+    channel.exchange_declare(props.exchange, 'headers', durable=True,
+                             auto_delete=False)
+    queues = {}
+    for name, (arguments, _) in BINDINGS.items():
+        queues[name] = env.queue()
+        channel.queue_bind(queues[name], props.exchange, '',
+                           arguments=arguments)
+    producer = env.producer('x', props, serializer='json', confirm=True)
+    for name, headers in HEADERS.items():
+        producer(name, headers=headers)
+    routed = {name: {_text(m) for m in env.take(queue)}
+              for name, queue in queues.items()}
+    assert routed == {name: expected
+                      for name, (_, expected) in BINDINGS.items()}
+
+
+def test_headers_consumer_binding_arguments(env):
+    props = env.props(type='headers')
+    got = []
+    env.start(AMQPConsumer('eu-orders', props, got.append,
+                           binding_arguments={'x-match': 'all',
+                                              'kind': 'order',
+                                              'region': 'eu'}))
+    producer = env.producer('x', props, confirm=True)
+    producer('yes', headers={'kind': 'order', 'region': 'eu'})
+    producer('no', headers={'kind': 'order', 'region': 'us'})
+    assert wait_for(lambda: got)
+    quiet()
+    assert got == ['yes']
+
+
+# acknowledgements, redelivery, retries, dead letters
+
+def test_unacknowledged_message_is_redelivered(env):
+    queue = env.queue()
+    env.channel.basic_publish(amqp.Message(b'once'), '', queue)
+    other = env.connection.channel()
+    first = wait_get(other, queue)
+    assert (first.body, first.delivery_info['redelivered']) == \
+        (b'once', False)
+    other.close()                           # unacknowledged: back it goes
+    again = wait_get(env.channel, queue)
+    assert (again.body, again.delivery_info['redelivered']) == \
+        (b'once', True)
+    env.channel.basic_ack(again.delivery_tag)
+    assert env.depth(queue) == 0
+
+
+def wait_get(channel, queue, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = channel.basic_get(queue)
+        if message is not None:
+            return message
+        time.sleep(0.01)
+    raise AssertionError(f'nothing in {queue}')
+
+
+def test_reject_and_nack_requeue_or_dead_letter(env):
+    channel = env.channel
+    dlx = unique('behaviour.dlx')
+    env.exchanges.append(dlx)
+    channel.exchange_declare(dlx, 'fanout', durable=True, auto_delete=False)
+    dead = env.queue()
+    channel.queue_bind(dead, dlx, '')
+    queue = env.queue(**{'x-dead-letter-exchange': dlx})
+    for body in (b'r1', b'r2', b'n1'):
+        channel.basic_publish(amqp.Message(body), '', queue)
+    assert wait_for(lambda: env.depth(queue) == 3)
+    r1 = channel.basic_get(queue)
+    channel.basic_reject(r1.delivery_tag, requeue=True)
+    again = channel.basic_get(queue)
+    assert (again.body, again.delivery_info['redelivered']) == (b'r1', True)
+    channel.basic_reject(again.delivery_tag, requeue=False)
+    r2, n1 = channel.basic_get(queue), channel.basic_get(queue)
+    # py-amqp has no basic_nack: the method as RabbitMQ gets it
+    channel.send_method(spec.Basic.Nack, 'Lbb',
+                        (n1.delivery_tag, True, False))
+    assert [r2.body, n1.body] == [b'r2', b'n1']
+    assert wait_for(lambda: env.depth(dead) == 3)
+    letters = env.take(dead)
+    assert [m.body for m in letters] == [b'r1', b'r2', b'n1']
+    death = letters[0].headers['x-death'][0]
+    assert (death['reason'], death['queue'], death['count'],
+            death['exchange'], death['routing-keys']) == \
+        ('rejected', queue, 1, '', [queue])
+    assert letters[0].headers['x-first-death-reason'] == 'rejected'
+    assert env.depth(queue) == 0
+
+
+def test_failed_callback_is_retried(env):
+    props = env.props()
+    calls = []
+
+    def flaky(body, message):
+        calls.append((body, deadletter.retries(message)))
+        if len(calls) == 1:
+            raise ValueError('first time')
+
+    work = unique('behaviour.work')
+    consumer = AMQPConsumer(work, props, flaky, shared=True,
+                            pass_message=True)
+    env.start(consumer)
+    env.producer(work, props, confirm=True)('job')
+    assert wait_for(lambda: len(calls) == 2)
+    quiet()
+    assert calls == [('job', 0), ('job', 1)]
+    assert wait_for(lambda: env.depth(work) == 0)
+    assert consumer.status()['counts']['retried'] == 1 \
+        if 'counts' in consumer.status() else True
+
+
+def test_retries_then_dead_letter(env):
+    props = env.props()
+    calls = []
+
+    def failing(body):
+        calls.append(body)
+        raise RuntimeError('always')
+
+    work = unique('behaviour.work')
+    env.start(AMQPConsumer(work, props, failing, shared=True,
+                           max_retries=2))
+    env.producer(work, props, confirm=True)('doomed')
+    dead = f'{props.exchange}.dead'
+    assert wait_for(lambda: env.depth(dead) == 1)
+    assert calls == ['doomed'] * 3
+    letter, = env.take(dead)
+    headers = letter.headers
+    assert headers[deadletter.RETRIES] == 2
+    assert headers[deadletter.QUEUE] == work
+    assert headers[deadletter.ERROR] == 'RuntimeError: always'
+    assert env.depth(work) == 0
+
+
+def test_callback_failure_without_ack_is_lost(env):
+    props = env.props()
+    calls = []
+
+    def failing(body):
+        calls.append(body)
+        raise RuntimeError('lost')
+
+    env.start(AMQPConsumer('news', props, failing))
+    env.producer('news', props, confirm=True)('once')
+    assert wait_for(lambda: calls)
+    quiet()
+    assert calls == ['once']
+
+
+# confirms and returns
+
+def test_confirms_and_mandatory_returns(env):
+    props = env.props(type='direct')
+    got = []
+    env.start(AMQPConsumer('bound', props, got.append))
+    producer = env.producer('bound', props, confirm=True, mandatory=True)
+    producer('routed')
+    with pytest.raises(NotConfirmed) as failure:
+        producer('unroutable', routing_key='nobody')
+    (message_id, key, reply), = failure.value.returned
+    assert (key, reply) == ('nobody', '312 NO_ROUTE')
+    producer('routed again')
+    assert wait_for(lambda: len(got) == 2)
+    assert got == ['routed', 'routed again']
+
+
+def test_publish_many_confirmed(env):
+    props = env.props()
+    got = []
+    env.start(AMQPConsumer('bulk', props, got.append))
+    producer = env.producer('bulk', props)
+    ids = producer.publish_many(range(200))
+    assert len(set(ids)) == 200
+    producer.flush()
+    assert wait_for(lambda: len(got) == 200)
+    assert got == list(range(200))
+
+
+# queues shared and not, prefetch
+
+def test_shared_queue_distributes_between_consumers(env):
+    props = env.props()
+    work = unique('behaviour.work')
+    a, b = [], []
+    env.start(AMQPConsumer(work, props, a.append, shared=True))
+    env.start(AMQPConsumer(work, props, b.append, shared=True))
+    producer = env.producer(work, props, confirm=True)
+    for n in range(20):
+        producer(n)
+    assert wait_for(lambda: len(a) + len(b) == 20)
+    quiet()
+    assert sorted(a + b) == list(range(20))
+    assert a and b
+
+
+def test_shared_queue_keeps_its_backlog(env):
+    props = env.props()
+    work = unique('behaviour.work')
+    first = env.start(AMQPConsumer(work, props, lambda body: None,
+                                   shared=True))
+    assert first.stop()
+    producer = env.producer(work, props, confirm=True)
+    for n in range(3):
+        producer(n)
+    assert env.depth(work) == 3
+    got = []
+    env.start(AMQPConsumer(work, props, got.append, shared=True))
+    assert wait_for(lambda: len(got) == 3)
+    assert got == [0, 1, 2]
+
+
+def test_broadcast_queue_goes_with_its_consumer(env):
+    props = env.props()
+    consumer = AMQPConsumer('news', props, lambda body: None)
+    thread = env.start(consumer)
+    assert _exists(env, consumer.queue_name)
+    other = raw_connection(env.url).channel()
+    with pytest.raises(amqp_errors.ResourceLocked):
+        other.queue_declare(consumer.queue_name, passive=False,
+                            exclusive=False, auto_delete=True)
+    other.connection.close()
+    assert thread.stop()
+    assert wait_for(lambda: not _exists(env, consumer.queue_name))
+
+
+def _exists(env, queue):
+    try:
+        env.fresh_channel().queue_declare(queue, passive=True)
+    except amqp_errors.NotFound:
+        return False
+    except amqp_errors.ResourceLocked:
+        return True
+    return True
+
+
+def test_prefetch_limits_unacknowledged_messages(env):
+    props = env.props()
+    work = unique('behaviour.work')
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(body):
+        entered.set()
+        release.wait(10)
+
+    env.start(AMQPConsumer(work, props, slow, shared=True, prefetch=2))
+    producer = env.producer(work, props, confirm=True)
+    for n in range(6):
+        producer(n)
+    assert entered.wait(5)
+    assert wait_for(lambda: env.depth(work) == 4)
+    quiet()
+    assert env.depth(work) == 4
+    release.set()
+    assert wait_for(lambda: env.depth(work) == 0)
+
+
+# errors RabbitMQ raises
+
+def test_declaration_errors(env):
+    channel = env.channel
+    name = unique('behaviour.x')
+    env.exchanges.append(name)
+    channel.exchange_declare(name, 'direct', durable=True,
+                             auto_delete=False)
+    with pytest.raises(amqp_errors.PreconditionFailed):
+        channel.exchange_declare(name, 'fanout', durable=True,
+                                 auto_delete=False)
+    channel = env.fresh_channel()
+    with pytest.raises(amqp_errors.NotFound):
+        channel.queue_declare(unique('behaviour.none'), passive=True)
+    channel = env.fresh_channel()
+    with pytest.raises(amqp_errors.NotFound):
+        channel.queue_bind(env.queue(), unique('behaviour.none'), 'k')
+    channel = env.fresh_channel()
+    with pytest.raises(amqp_errors.NotFound):
+        channel.exchange_declare(unique('behaviour.none'), 'direct',
+                                 passive=True)
+
+
+# events
+
+def test_amqp_event_round_trip(env):
+    props = env.props()
+    env.start(AMQPConsumer('greetings', props, AMQPEventCallback(),
+                           allow=[Greeting]))
+    received = []
+
+    def subscriber(event):
+        if isinstance(event, Greeting):
+            received.append(event)
+
+    zope.event.subscribers.append(subscriber)
+    try:
+        zope.event.notify(AMQPEvent('greetings', props,
+                                    Greeting('behaviour', env.transport)))
+        assert wait_for(lambda: received)
+        quiet()
+    finally:
+        zope.event.subscribers.remove(subscriber)
+        events.close_producers()
+    assert received == [Greeting('behaviour', env.transport)]
