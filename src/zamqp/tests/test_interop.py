@@ -267,3 +267,51 @@ def test_zamqp_json_to_pika(compression, props, queue_on, pika_channel):
         body = zlib.decompress(body)
     assert json.loads(body) == {
         'price': {'__type__': 'decimal', '__value__': '1.5'}, 'n': 1}
+
+
+# zamqp -> a celery worker
+
+def celery_task_message(args, kwargs):
+    """The body of a celery task message (protocol 2)."""
+    return [args, kwargs, {'callbacks': None, 'errbacks': None,
+                           'chain': None, 'chord': None}]
+
+
+def test_celery_worker_runs_json_and_discards_pickle(admin):
+    celery = pytest.importorskip('celery')
+    from celery.contrib.testing.worker import start_worker
+    from zamqp.testhelpers import broker_props
+    name = unique('zamqp.celery')
+    app = celery.Celery('zamqp_interop', broker=broker_url())
+    app.conf.update(task_default_queue=name, task_default_exchange=name,
+                    task_default_routing_key=name,
+                    task_default_exchange_type='direct',
+                    worker_hijack_root_logger=False)
+    assert tuple(app.conf.accept_content) == ('json',)   # celery's default
+    done = []
+
+    @app.task(name='zamqp_interop.add')
+    def add(x, y, when=None):
+        done.append((x + y, when))
+
+    props = broker_props(exchange=name, type='direct')
+    json_ = AMQPProducer(name, props, serializer='json', confirm=True)
+    pickle_ = AMQPProducer(name, props, confirm=True)
+    try:
+        with start_worker(app, pool='solo', perform_ping_check=False,
+                          loglevel='WARNING', shutdown_timeout=30):
+            def task(producer, args, kwargs):
+                producer(celery_task_message(args, kwargs), headers={
+                    'task': 'zamqp_interop.add', 'id': str(uuid.uuid4()),
+                    'lang': 'py'})
+            task(json_, [2, 3], {'when': datetime.date(2024, 5, 1)})
+            task(pickle_, [20, 30], {})
+            task(json_, [4, 5], {})
+            assert wait_for(lambda: len(done) == 2, timeout=10)
+            assert done == [(5, datetime.date(2024, 5, 1)), (9, None)]
+            assert admin.queue_depth(name) == 0    # the pickle discarded
+    finally:
+        json_.close()
+        pickle_.close()
+        admin.delete_queue(name)
+        admin.delete_exchange(name)
