@@ -16,6 +16,7 @@ from zamqp import topology
 from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConnection
+from zamqp.logtext import broker_closed
 from zamqp.transport import PublisherConnection
 from zamqp.transport import Readiness
 from zamqp.transport import connection_class
@@ -76,6 +77,10 @@ def explain(exc, props, operation, address=None):
             f"{operation}: {where} refused the connection: is RabbitMQ "
             "running there? check host and port")
     recoverable = isinstance(exc, RECOVERABLE)
+    closed = broker_closed(exc)
+    if closed is not None:
+        return ConnectionFailed(f"{operation}: {where}: {closed}",
+                                recoverable=recoverable)
     return ConnectionFailed(
         f"{operation}: {where} failed: {type(exc).__name__}: {exc}"
         f"{_plain_hint(exc, props, operation)}", recoverable=recoverable)

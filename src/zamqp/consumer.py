@@ -12,6 +12,7 @@ from zamqp.connection import CONNECTION_LOST
 from zamqp.connection import explain
 from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
+from zamqp import metrics as _metrics
 from zamqp.exceptions import MessageRefused
 from zamqp.interfaces import IConsumer
 from zamqp.logtext import loggable
@@ -154,6 +155,7 @@ class AMQPConsumer:
         self._failing = None
         self._lock = threading.Lock()
         self._sessions = 0
+        _metrics.register(self)
 
     # settings kept as attributes of the consumer (1.0 API)
 

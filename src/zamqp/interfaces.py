@@ -206,3 +206,33 @@ class IConsumerSpec(Interface):
         With a ZODB ``database``, each message is handled in a
         transaction on a connection of that database.
         """
+
+
+class IClientMetrics(Interface):
+    """What one producer or consumer counted, as plain values
+    (``zamqp.metrics.snapshot``/``collect``; see docs/metrics.rst)."""
+
+    kind = Attribute("'producer' or 'consumer'.")
+    name = Attribute("The name it was made with (a producer's or "
+                     "consumer's ``queue`` argument), or the ZCML name.")
+    exchange = Attribute("The exchange it publishes to or consumes from.")
+    queue = Attribute("A consumer's queue on the broker; None for "
+                      "producers.")
+    broker = Attribute("``host:port[,host:port...]/vhost``; never a "
+                       "password.")
+    counters = Attribute("Counter name -> int (zamqp.metrics."
+                         "PRODUCER_COUNTERS or CONSUMER_COUNTERS); they "
+                         "only grow.")
+    backlog = Attribute("Producer: messages not confirmed yet or waiting "
+                        "to be sent. Consumer: messages delivered that no "
+                        "handler began yet.")
+    state = Attribute("A producer's (idle, connected, disconnected, down, "
+                      "closing) or consumer's (starting, consuming, "
+                      "reconnecting, stopped, failed) state.")
+    last_error = Attribute("The text of the last error (secrets scrubbed), "
+                           "or None.")
+    labels = Attribute("The Prometheus labels: kind, name, exchange, "
+                       "queue, broker (strings).")
+
+    def as_dict():
+        """The values as a plain dict."""

@@ -23,3 +23,21 @@ def loggable(value, limit=1000):
     if text.isprintable():
         return text
     return text.encode('unicode_escape').decode('ascii')
+
+
+def broker_closed(exc):
+    """The broker's own reason, as one line, when ``exc`` is the error
+    py-amqp raised for a ``connection.close`` or ``channel.close`` the
+    broker sent, e.g. ``the broker closed the connection: 320
+    CONNECTION_FORCED - broker forced connection closure with reason
+    'shutdown'``; None for any other error."""
+    import amqp.exceptions as amqp_errors   # zamqp.logtext stays light
+    code = getattr(exc, 'reply_code', None)
+    if not isinstance(exc, amqp_errors.AMQPError) or not code:
+        return None
+    what = ('connection' if isinstance(exc, amqp_errors.ConnectionError)
+            else 'channel')
+    method = getattr(exc, 'method_name', None)
+    after = f' (after {method})' if method else ''
+    return (f'the broker closed the {what}{after}: {code} '
+            f'{loggable(exc.reply_text, 500)}')

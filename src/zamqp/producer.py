@@ -25,6 +25,9 @@ from zamqp.exceptions import NotConfirmed
 from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IProducer
+from zamqp.logtext import broker_closed
+from zamqp.status import ProducerStats
+from zamqp import metrics as _metrics
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +248,9 @@ class AMQPProducer:
         self.confirm_timeout = (props.timeout if confirm_timeout is None
                                 else confirm_timeout)
         self.mandatory = mandatory
-        self.window = _window_module.ConfirmWindow(window, self._report)
+        self.stats = ProducerStats()
+        self.window = _window_module.ConfirmWindow(window, self._report,
+                                                   self.stats)
         self.backoff = Backoff(first=0.1, cap=5.0, refused_cap=1.0)
         self.connection = AMQPConnection(queue, props, mode='w',
                                          publisher=True, declare=declare)
@@ -264,6 +269,7 @@ class AMQPProducer:
         self._connected_once = False    # reconnect only after a success
         self._closed = False        # close() runs
         self._later = collections.deque()   # records queued without lock
+        _metrics.register(self)
 
     @property
     def timeout(self):
@@ -354,6 +360,7 @@ class AMQPProducer:
     def _retry_or_raise(self, exc, deadline, msg=None):
         """After a failed attempt: drop the connection, wait a backoff
         delay and return, or raise once ``deadline`` would pass."""
+        self.stats.error(broker_closed(exc) or exc)
         if isinstance(exc, ConnectionFailed):
             if not exc.recoverable or not self._connected_once:
                 raise exc       # a setting, or no broker from the start
@@ -374,7 +381,8 @@ class AMQPProducer:
                 f"within {self.confirm_timeout} s: {exc}") from exc
         if not isinstance(exc, ConnectionFailed):
             logger.warning('publish to %s on %s failed (%s); reconnecting',
-                           self.props.exchange, self.props.url(), exc)
+                           self.props.exchange, self.props.url(),
+                           broker_closed(exc) or exc)
         time.sleep(delay)
 
     def _first_retry(self, exc):
@@ -393,6 +401,7 @@ class AMQPProducer:
             channel.basic_publish(msg, self.props.exchange, key,
                                   mandatory=self.mandatory)
             self._published += 1
+            self.stats.count('published')
             self._retrying = False
             return
         window = self.window
@@ -423,6 +432,8 @@ class AMQPProducer:
         channel.events['basic_return'].add(self._on_return)
         self._published = 0
         self._opened = time.time()
+        if self._connected_once:
+            self.stats.count('reconnects')
         self._connected_once = True
         if self._down:
             logger.info('connected to %s again; publishing to %r goes on',
@@ -581,6 +592,7 @@ class AMQPProducer:
         else:
             why = _STATE_TEXT.get(state, state)
         ids = [r.message_id for r in records]
+        self.stats.error(f'{id_summary(ids)} {why}')
         logger.error('%s to exchange %r on %s %s', id_summary(ids),
                      self.props.exchange, self.props.url(), why)
         logger.debug('message ids: %s', ', '.join(ids))
@@ -646,6 +658,7 @@ class AMQPProducer:
     def _went_down(self, exc):
         """Under the lock: a publish or connection attempt failed; the
         keeper thread reconnects after a backoff delay."""
+        self.stats.error(broker_closed(exc) or exc)
         if not isinstance(exc, ConnectionFailed):
             self._lost(exc)
         first = self._first_retry(exc)
@@ -658,7 +671,8 @@ class AMQPProducer:
             logger.warning(
                 'publishing to %r on %s failed (%s): %d message(s) wait '
                 'for a new connection, tried in the background',
-                self.props.exchange, self.props.url(), exc,
+                self.props.exchange, self.props.url(),
+                broker_closed(exc) or exc,
                 len(self.window) + len(self._later))
 
     # the keeper: reconnects and resends while nobody publishes
@@ -780,8 +794,10 @@ class AMQPProducer:
         (``idle``: never connected; ``connected``; ``disconnected``: the
         connection was lost, the next publish or the keeper reconnects;
         ``down``: the broker could not be reached; ``closing``) and
-        ``unconfirmed``, the messages not yet confirmed by the broker.
-        It asks the broker nothing."""
+        ``unconfirmed``, the messages not yet confirmed by the broker
+        (or waiting to be sent), with the counters and ``last_error`` of
+        ``self.stats`` (zamqp.status.ProducerStats). It asks the broker
+        nothing."""
         if self._closed:
             state = 'closing'
         elif self._down:
@@ -792,8 +808,8 @@ class AMQPProducer:
             state = 'disconnected'
         else:
             state = 'idle'
-        return {'state': state,
-                'unconfirmed': len(self.window) + len(self._later)}
+        return dict(self.stats.snapshot(), state=state,
+                    unconfirmed=len(self.window) + len(self._later))
 
     def flush(self, timeout=None):
         """Wait until the broker confirmed every message sent so far.

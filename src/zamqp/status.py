@@ -66,3 +66,41 @@ class ConsumerStatus:
 
     def __repr__(self):
         return f'<ConsumerStatus {self.state.value} {self.counts}>'
+
+
+#: The counters of a ProducerStats.
+PRODUCER_COUNTERS = ('published', 'resent', 'confirmed', 'nacked',
+                     'returned', 'given_up', 'reconnects')
+
+
+class ProducerStats:
+    """A producer's counters and last error.
+
+    published: messages sent to the broker for the first time
+    (``confirm=False`` included); resent: sent again on a new connection
+    because the old one did not confirm them; confirmed: acked by the
+    broker; nacked: nacked by the broker; returned: returned unroutable
+    (``mandatory=True``); given_up: left unconfirmed by ``flush()``,
+    ``close()`` or a ``confirm=True`` call that timed out; reconnects:
+    connections opened after the first. Counters only grow.
+    ``last_error``: the text of the last connection or publishing error.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.last_error = None
+        self.counts = dict.fromkeys(PRODUCER_COUNTERS, 0)
+
+    def count(self, counter, n=1):
+        with self._lock:
+            self.counts[counter] += n
+
+    def error(self, error):
+        self.last_error = str(error)
+
+    def snapshot(self):
+        with self._lock:
+            return dict(self.counts, last_error=self.last_error)
+
+    def __repr__(self):
+        return f'<ProducerStats {self.counts}>'

@@ -16,7 +16,30 @@ from amqp.transport import TCPTransport
 READ_AHEAD = 4096
 
 
-class BlockAwareConnection(amqp.Connection):
+class ClosingConnection(amqp.Connection):
+    """A connection that keeps the broker's reason when it closes it.
+
+    On ``connection.close`` py-amqp first answers ``close-ok``, then
+    raises the error that carries the broker's reply code and text. On
+    ``rabbitmqctl stop`` RabbitMQ 3.10 resets the TCP connection right
+    after its ``connection.close`` (CONNECTION_FORCED, "broker forced
+    connection closure with reason 'shutdown'"), so that write failed
+    and its ``ConnectionResetError`` hid the reason. Here a failed
+    ``close-ok`` is ignored (the socket is gone anyway) and the broker's
+    error is raised.
+    """
+
+    def _on_close(self, reply_code, reply_text, class_id, method_id):
+        try:
+            self._x_close_ok()
+        except OSError:
+            pass
+        raise amqp.exceptions.error_for_code(
+            reply_code, reply_text, (class_id, method_id),
+            amqp.exceptions.ConnectionError)
+
+
+class BlockAwareConnection(ClosingConnection):
     """A connection that keeps RabbitMQ's reason for blocking it.
 
     RabbitMQ sends ``connection.blocked`` with a reason (``'low on
@@ -170,7 +193,7 @@ class ReadAheadTransport(TCPTransport):
         self.reads_ahead = True
 
 
-class ConsumerConnection(amqp.Connection):
+class ConsumerConnection(ClosingConnection):
     """A connection whose plain TCP transport reads ahead.
 
     Not for connections whose socket is polled for readiness: a poll
@@ -196,7 +219,7 @@ def connection_class(mode, publisher, ssl):
         return PublisherConnection
     if publisher:
         return BlockAwareConnection     # py-amqp drains before publishing
-    return amqp.Connection
+    return ClosingConnection
 
 
 def set_write_timeout(sock, seconds):

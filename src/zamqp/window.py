@@ -72,13 +72,20 @@ class ConfirmWindow:
 
     ``report(records, state)`` is called with records that ended
     without an ack and that no caller waits for (to be logged).
+    ``stats`` (a zamqp.status.ProducerStats, optional) counts what is
+    sent, resent and settled.
     """
 
-    def __init__(self, size, report=None):
+    #: The ProducerStats counter of each final state of a record.
+    COUNTERS = {ACK: 'confirmed', NACK: 'nacked', RETURNED: 'returned',
+                TIMEOUT: 'given_up', FAILED: 'given_up'}
+
+    def __init__(self, size, report=None, stats=None):
         if size < 1:
             raise ValueError(f'window must be at least 1, got {size!r}')
         self.size = size
         self.report = report
+        self.stats = stats
         self.pending = collections.deque()  # sent on this channel
         self.next_tag = 1
         self.orphans = collections.deque()  # of lost channels, to resend
@@ -99,6 +106,8 @@ class ConfirmWindow:
         """``record`` was published with the next delivery tag; its
         confirm is expected by ``due`` (monotonic time)."""
         record.sends += 1
+        if self.stats is not None:
+            self.stats.count('published' if record.sends == 1 else 'resent')
         if due is not None:
             record.due = due
         self.pending.append(record)
@@ -130,8 +139,15 @@ class ConfirmWindow:
             if self.returned else None
         if reply is not None and state == ACK:
             record.reply, state = reply, RETURNED
-        if record.resolve(state) and state != ACK and not record.waited:
+        if not record.resolve(state):
+            return
+        self._count(state)
+        if state != ACK and not record.waited:
             failed.append(record)
+
+    def _count(self, state):
+        if self.stats is not None:
+            self.stats.count(self.COUNTERS[state])
 
     def returned_message(self, message_id, reply):
         """basic.return: its ack follows; it then counts as returned."""
@@ -174,7 +190,8 @@ class ConfirmWindow:
         and leave the window (a placeholder keeps a delivery tag's
         place on the channel until its confirm or the channel's end)."""
         for record in records:
-            record.resolve(state)
+            if record.resolve(state):
+                self._count(state)
         for queue in (self.orphans, self.pending):
             while queue and queue[0].state is not None:
                 queue.popleft()
