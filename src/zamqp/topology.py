@@ -26,6 +26,16 @@ GUIDE = 'see docs/least-privilege.rst'
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']*)'")
 _ARGUMENT_OPTION = {'exchange': 'exchange_arguments',
                     'queue': 'queue_arguments'}
+#: The plugins of exchange types (x-delayed-message is a community
+#: plugin, the others ship with RabbitMQ).
+PLUGINS = {
+    'x-delayed-message': 'rabbitmq_delayed_message_exchange',
+    'x-consistent-hash': 'rabbitmq_consistent_hash_exchange',
+    'x-random': 'rabbitmq_random_exchange',
+    'x-recent-history': 'rabbitmq_recent_history_exchange',
+    'x-jms-topic': 'rabbitmq_jms_topic_exchange',
+    'x-modulus-hash': 'rabbitmq_sharding',
+}
 _FLAGS = ('durable', 'auto_delete', 'exclusive', 'type', 'internal')
 
 
@@ -99,7 +109,7 @@ class Declarer:
         except amqp_errors.AMQPError as exc:
             if method == 'exchange.declare' and \
                     'exchange type' in (exc.reply_text or ''):
-                raise self._unknown_type(name, kw, exc) from exc
+                raise self._unknown_type(name, args[1], exc) from exc
             raise
 
     def _where(self):
@@ -159,14 +169,14 @@ class Declarer:
             f"declare: {self._where()}: {kind} {name!r} exists with other "
             f"settings ({text}): {fix}", recoverable=False)
 
-    def _unknown_type(self, name, kw, exc):
+    def _unknown_type(self, name, type, exc):
+        plugin = PLUGINS.get(type, 'the plugin that provides it')
         return ConnectionFailed(
             f"declare: {self._where()}: the broker refused the type of "
             f"exchange {name!r} ({exc.reply_text}): exchange types other "
             "than fanout, direct, topic and headers come from plugins; "
-            "enable it (e.g. rabbitmq-plugins enable "
-            "rabbitmq_consistent_hash_exchange) or fix AMQPProps(type=...)",
-            recoverable=False)
+            f"enable {plugin} on the broker (rabbitmq-plugins enable ...) "
+            "or fix AMQPProps(type=...)", recoverable=False)
 
 
 def _shell(word):

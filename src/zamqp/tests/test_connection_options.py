@@ -194,6 +194,13 @@ def test_absent_plugin_type_is_refused_clearly(make_props):
     assert 'x-no-such-plugin-type' in text
     assert 'rabbitmq-plugins enable' in text
     assert info.value.recoverable is False
+    props = make_props(type='x-delayed-message',
+                       exchange_arguments={'x-delayed-type': 'direct'})
+    with pytest.raises(ConnectionFailed) as info:
+        with AMQPConnection('q', props) as conn:
+            conn.channel
+    assert ("unknown exchange type 'x-delayed-message'" in str(info.value))
+    assert 'enable rabbitmq_delayed_message_exchange' in str(info.value)
 
 
 def test_headers_exchange_routes_by_binding_arguments(make_props, admin,
