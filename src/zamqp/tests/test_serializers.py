@@ -345,3 +345,13 @@ def test_compression_round_trip_within_limits(data, method, max_size):
     else:
         with pytest.raises(MessageRefused, match='more than max_size'):
             contentcoding.decompress(body, method, max_size)
+
+
+@pytest.mark.parametrize('value, form', TYPED)
+def test_json_type_forms_are_kombus(value, form):
+    kombu_json = pytest.importorskip('kombu.utils.json')
+    body = serializers.get('json').dumps([value])
+    assert json.loads(body) == json.loads(kombu_json.dumps([value]))
+    assert kombu_json.loads(body) == [value]
+    assert serializers.get('json').loads(
+        kombu_json.dumps([value]).encode(), None) == [value]
