@@ -92,6 +92,13 @@ class AMQPConsumer:
     ``callback(body, message)``, ``message`` being the py-amqp message
     (headers, properties, delivery info).
 
+    ``queue_arguments`` are further arguments of a shared queue's
+    declaration (to match a queue others declared, e.g. with
+    ``x-max-priority``), ``binding_arguments`` those of its binding (a
+    headers exchange routes by them); ``declare`` (default: the props')
+    is True, 'passive' or False (shared queues only; see
+    docs/least-privilege.rst).
+
     Supervised: refused messages, callback errors, lost connections and
     zamqp's own errors are logged, never raised; the consumer reconnects
     with backoff and goes on. Only an error a setting must fix (a refused

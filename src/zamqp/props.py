@@ -106,6 +106,16 @@ class AMQPProps:
     Limits of consumers: ``max_size`` (bytes of a body, checked before
     anything reads it) and ``max_depth`` (nesting of the decoded value);
     None for no limit.
+
+    ``declare`` (True, 'passive' or False; see zamqp.topology and
+    docs/least-privilege.rst): what producers and consumers declare.
+    ``type`` may be a plugin's ``x-...`` exchange type, declared with
+    ``exchange_arguments``. ``connection_name`` is the name RabbitMQ
+    shows (default ``zamqp <program> <pid>``); ``channel_max``,
+    ``frame_max`` and ``auth_mechanism`` (PLAIN, AMQPLAIN, EXTERNAL) are
+    also RabbitMQ URI options (``connection_timeout`` there is
+    ``connect_timeout`` in milliseconds). A URL of kombu's failover form,
+    ``amqp://h1;amqp://h2``, gives several brokers.
     """
 
     #: The broker name of a ``memory://`` URL (zamqp.memory), else None.
