@@ -868,12 +868,12 @@ def _exchange_delete(peer, channel, _, name, if_unused, nowait):
 
 
 def _check_queue_arguments(arguments):
-    for name in arguments or {}:
-        if name not in QUEUE_ARGUMENTS:
-            raise not_modelled(f'the queue argument {name!r}')
     kind = (arguments or {}).get('x-queue-type', 'classic')
     if kind != 'classic':
         raise not_modelled(f'{kind} queues (x-queue-type)')
+    for name in arguments or {}:
+        if name not in QUEUE_ARGUMENTS:
+            raise not_modelled(f'the queue argument {name!r}')
 
 
 def _queue_declare(peer, channel, _, name, passive, durable, exclusive,

@@ -10,6 +10,11 @@
     stop and the run's exchanges are deleted.
 ``ZAMQP_INTEGRATION_TESTING``
     Starts the configured consumers before each test, stops them after.
+``ZAMQP_MEMORY_FIXTURE``, ``ZAMQP_MEMORY_INTEGRATION_TESTING``
+    The same on an in-process broker of the layer's own (``memory://``,
+    see zamqp.memory and docs/memory.rst): no RabbitMQ is needed, and
+    tear-down resets that broker. Other layers choose their broker by
+    overriding ``brokerURL()``.
 ``ZAMQP_ZOPE_FIXTURE``
     The same on plone.testing's Zope ``STARTUP`` layer. STARTUP notifies
     ``DatabaseOpenedWithRoot`` before add-on ZCML is loaded, so this layer
@@ -36,6 +41,7 @@ from zope.configuration import xmlconfig
 
 import zamqp.zope
 from zamqp import events
+from zamqp import memory
 from zamqp import testhelpers
 from zamqp.exceptions import ConnectionFailed
 from zamqp.interfaces import IConsumerSpec
@@ -85,6 +91,8 @@ def check_broker(url=None):
     test broker (``url``, default: that of $ZAMQP_TEST_URL) accepts a
     connection within 5 seconds."""
     url = url or testhelpers.broker_url()
+    if AMQPProps(url=url).memory is not None:
+        return          # in this process: always there
     try:
         testhelpers.Admin(url).close()
     except (OSError, AMQPError) as exc:
@@ -95,15 +103,21 @@ def check_broker(url=None):
             'vhost to the broker the tests may use') from None
 
 
-def release():
+def release(url=None):
     """Stop consumers, close producers, delete this run's exchanges and
     queues: those of the current registry and every name the run's
     prefix made (also those an add-on's layer on top declared in a
-    registry of its own)."""
+    registry of its own). A ``memory://`` broker (``url``) is reset
+    instead."""
     lifecycle.stop()
     events.close_producers()
     for _, producer in zope.component.getUtilitiesFor(IProducer):
         producer.close()
+    name = AMQPProps(url=url).memory if url else None
+    if name is not None:
+        memory.reset(name)
+        lifecycle.restore_sigterm()
+        return
     exchanges, dead_letters = configured_exchanges()
     names = settings.prefixed_names()
     exchanges |= names | {f'{name}.dead' for name in names}
@@ -143,16 +157,21 @@ class ZAMQPFixture(Layer):
 
     defaultBases = (zca.ZCML_DIRECTIVES,)
 
+    def brokerURL(self):
+        """The URL of the broker every connection uses (a hook)."""
+        return testhelpers.broker_url()
+
     def setUp(self):
-        check_broker()
+        url = self['zamqpURL'] = self.brokerURL()
+        check_broker(url)
         self['zamqpPrefix'] = f'zamqp.test.{uuid.uuid4().hex[:8]}.'
         settings.set_prefix(self['zamqpPrefix'])
-        settings.set_test_url(testhelpers.broker_url())
+        settings.set_test_url(url)
         zca.pushGlobalRegistry()
         self['configurationContext'] = context = \
             zca.stackConfigurationContext(self.get('configurationContext'))
         try:
-            load_zamqp(context)
+            load_zamqp(context, url)
             self.setUpZAMQP(context)
         except BaseException:
             self.tearDown()
@@ -163,7 +182,7 @@ class ZAMQPFixture(Layer):
 
     def tearDown(self):
         try:
-            release()
+            release(self.get('zamqpURL'))
         finally:
             del self['configurationContext']
             zca.popGlobalRegistry()
@@ -187,6 +206,20 @@ class ConsumersPerTest(Layer):
 ZAMQP_FIXTURE = ZAMQPFixture()
 ZAMQP_INTEGRATION_TESTING = ConsumersPerTest(
     bases=(ZAMQP_FIXTURE,), name='zamqp.testing:Integration')
+
+
+class ZAMQPMemoryFixture(ZAMQPFixture):
+    """ZAMQP_FIXTURE on an in-process broker of the layer's own
+    (``memory://``, zamqp.memory): no RabbitMQ needed; reset at
+    tear-down."""
+
+    def brokerURL(self):
+        return f'memory://zamqp.layer.{uuid.uuid4().hex[:8]}'
+
+
+ZAMQP_MEMORY_FIXTURE = ZAMQPMemoryFixture()
+ZAMQP_MEMORY_INTEGRATION_TESTING = ConsumersPerTest(
+    bases=(ZAMQP_MEMORY_FIXTURE,), name='zamqp.testing:MemoryIntegration')
 
 try:
     from plone.testing import zope as zope_layers
