@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # Shared by scripts/demo and scripts/test (source it):
 #   ensure_venv          .venv in the repository root with zamqp[test,plone-test,browser-test] installed
+#   ensure_core_venv V   .venv-pyV with zamqp[core-test] on pyenv's Python V
+#                        (V: 3.9, 3.13; pyenv installs it if missing)
 #   ensure_broker VAR..  a RabbitMQ that accepts connections at the URL in
 #                        the first variable VAR set (default: local 5672)
 # Settings: ZAMQP_BROKER_WAIT, seconds a started RabbitMQ may take (60).
@@ -54,6 +56,52 @@ sys.exit(not zamqp.__file__.startswith(sys.argv[1]))' "$ROOT/src/" 2>/dev/null; 
     say "Installing zamqp and its test requirements into $VENV: pip install -e '.[test,plone-test,browser-test]'"
     (cd "$ROOT" && "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,plone-test,browser-test]') \
         || fail "pip install -e '.[test,plone-test,browser-test]' failed: see the errors above"
+    echo "$want" >"$stamp"
+}
+
+# The python of pyenv's newest Python $1.x (or $1 itself); nothing if
+# pyenv has none.
+pyenv_python() {
+    local root version
+    root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    version=$(cd "$root/versions" 2>/dev/null && ls -d "$1" "$1".* 2>/dev/null \
+        | grep -E "^$(printf '%s' "$1" | sed 's/[.]/[.]/g')([.][0-9]+)?\$" | sort -V | tail -n 1)
+    if [ -n "$version" ] && [ -x "$root/versions/$version/bin/python" ]; then
+        echo "$root/versions/$version/bin/python"
+    fi
+}
+
+# .venv-py$1 in the repository root: pyenv's Python $1 with zamqp and the
+# core-test extra (no Zope), installed with pip install -e '.[core-test]'.
+ensure_core_venv() {
+    local version=$1 venv="$ROOT/.venv-py$1" python want
+    local stamp="$venv/.zamqp-installed"
+    if [ -e "$venv" ] && ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
+        say "The virtualenv $venv is broken: recreating it"
+        rm -rf "$venv"
+    fi
+    if [ ! -e "$venv" ]; then
+        python=$(pyenv_python "$version")
+        if [ -z "$python" ]; then
+            command -v pyenv >/dev/null || fail "no Python $version: pyenv is not installed (skip it with ZAMQP_PYTHONS, see README.rst)"
+            say "Installing Python $version with pyenv: pyenv install $version"
+            pyenv install --skip-existing "$version" </dev/null || fail "pyenv install $version failed: see the errors above"
+            python=$(pyenv_python "$version")
+            [ -n "$python" ] || fail "pyenv installed no Python $version"
+        fi
+        say "Creating the virtualenv $venv with $("$python" --version 2>&1)"
+        "$python" -m venv "$venv" || { rm -rf "$venv"; fail "could not create $venv with $python"; }
+    fi
+    want=$(sha256sum <"$ROOT/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$venv/bin/python" -c '
+import sys, zamqp, pytest
+sys.exit(not zamqp.__file__.startswith(sys.argv[1]))' "$ROOT/src/" 2>/dev/null; then
+        say "Using the virtualenv $venv ($("$venv/bin/python" --version 2>&1), zamqp[core-test] installed)"
+        return
+    fi
+    say "Installing zamqp and the core suite's requirements into $venv: pip install -e '.[core-test]'"
+    (cd "$ROOT" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[core-test]') \
+        || fail "pip install -e '.[core-test]' with Python $version failed: see the errors above"
     echo "$want" >"$stamp"
 }
 
