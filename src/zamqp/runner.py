@@ -39,3 +39,20 @@ def close():
     thread, _thread = _thread, None
     if thread is not None:
         thread.stop()
+
+
+USAGE = """\
+zamqp.runner is the 1.0b2 API (create_consumer, close) for Python code;
+it runs nothing by itself. To run consumers from the command line use the
+worker: describe them in an INI file and run
+
+    zamqp worker CONFIG          (or: python -m zamqp worker CONFIG)
+
+('zamqp worker --help' and docs/cli.rst describe the file). To print
+what an exchange receives: zamqp listen --exchange NAME.
+"""
+
+if __name__ == '__main__':
+    import sys
+    sys.stderr.write(USAGE)
+    sys.exit(2)

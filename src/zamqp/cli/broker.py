@@ -294,7 +294,11 @@ def _probe_lines(probe, plan):
             continue
         status, text = probe.read_queue(name)
         add(status, 'read', f"queue {queue['label']!r} (to consume)", text)
+    seen = set()
     for exchange, key, why in plan.publishes:
+        if exchange in seen:
+            continue
+        seen.add(exchange)
         status, text = probe.write_exchange(exchange, key)
         shown = repr(exchange) if exchange else "'' (the default exchange)"
         add(status, 'write', f'exchange {shown} ({why})', text)
