@@ -848,9 +848,10 @@ class AMQPProducer:
         unconfirmed = [r.message_id for r in failed
                        if r.state in (None, _window_module.TIMEOUT,
                                       _window_module.FAILED)]
-        raise NotConfirmed(self._failure_text(
-            len(records), nacked, returned, unconfirmed, cause),
-            nacked, returned, unconfirmed) from cause
+        text = self._failure_text(len(records), nacked, returned,
+                                  unconfirmed, cause)
+        self.stats.error(text)
+        raise NotConfirmed(text, nacked, returned, unconfirmed) from cause
 
     def _failure_text(self, total, nacked, returned, unconfirmed, cause):
         parts = []

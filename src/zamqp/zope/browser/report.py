@@ -34,6 +34,7 @@ import time
 import zope.component
 
 from zamqp import events
+from zamqp import metrics
 from zamqp.consumer import AMQPThread
 from zamqp.interfaces import IConsumerSpec
 from zamqp.interfaces import IProducer
@@ -257,10 +258,11 @@ def _consumer_row(name, source, spec, thread, status):
 
 
 def _backlog(consumer):
-    """Messages delivered to ``consumer`` that no handler began yet."""
+    """Messages delivered to ``consumer`` that no handler began yet
+    (``zamqp.metrics``' backlog of a consumer)."""
     if consumer is None:
         return None
-    return max(consumer.delivered - consumer.started, 0)
+    return metrics.snapshot(consumer).backlog
 
 
 def producer_rows():
@@ -292,11 +294,31 @@ def producer_status(producer):
     """``{'state': ..., 'unconfirmed': ...}`` of a producer (see
     ProducerRow and AMQPProducer.status()); Nones for a producer without
     ``status()``."""
-    status = getattr(producer, 'status', None)
-    if not callable(status):
+    if not callable(getattr(producer, 'status', None)):
         return dict(state=None, unconfirmed=None)
-    info = status()
-    return dict(state=info.get('state'), unconfirmed=info.get('unconfirmed'))
+    if not hasattr(producer, 'props'):     # not an AMQPProducer
+        info = producer.status()
+        return dict(state=info.get('state'),
+                    unconfirmed=info.get('unconfirmed'))
+    found = metrics.snapshot(producer)
+    return dict(state=found.state, unconfirmed=found.backlog)
+
+
+def client_names():
+    """``id(obj)`` -> the name this report shows a producer or consumer
+    under (the ZCML name), for ``zamqp.metrics.collect(names=...)``."""
+    names = {}
+    specs = dict(zope.component.getUtilitiesFor(IConsumerSpec))
+    threads = [t for t in threading.enumerate()
+               if isinstance(t, AMQPThread)]
+    used = set()
+    for name in sorted(set(specs) | set(lifecycle.status())):
+        thread = _thread_of(name, specs.get(name), threads, used)
+        if thread is not None:
+            names[id(thread.consumer)] = name
+    for name, producer in zope.component.getUtilitiesFor(IProducer):
+        names[id(producer)] = name
+    return names
 
 
 def broker(props):
@@ -307,22 +329,7 @@ def broker(props):
                 user=props.user)
 
 
-def secrets(props):
-    """The texts of ``props`` that must never be shown: the password
-    and the signing secrets."""
-    found = [getattr(props, 'password', None),
-             getattr(props, 'secret', None),
-             *(getattr(props, 'accepted_secrets', None) or ())]
-    return sorted({s for s in found if isinstance(s, str) and s},
-                  key=len, reverse=True)
-
-
-def scrub(text, props):
-    """``text`` with each secret of ``props`` replaced by ``***`` (None
-    stays None)."""
-    if text is None:
-        return None
-    text = str(text)
-    for secret in secrets(props):
-        text = text.replace(secret, '***')
-    return text
+#: The texts of props that must never be shown, and ``text`` with them
+#: replaced by ``***``: the same as zamqp.metrics'.
+secrets = metrics.secrets
+scrub = metrics.scrub

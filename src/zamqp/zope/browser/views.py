@@ -21,6 +21,10 @@ and producers, ``report.pt``: no ZMI header, no ``<html>``) and may read
 ``HealthView`` is the public check for load balancers: 200 when every
 configured consumer consumes, else 503; a short text/plain body of names
 and states only.
+
+``MetricsView`` (``@@zamqp-metrics``) serves ``zamqp.metrics`` in the
+Prometheus text format, producers and consumers named as on the status
+page; like the status page it needs ``View management screens``.
 """
 import datetime
 import time
@@ -28,6 +32,7 @@ import time
 from Products.Five import BrowserView
 from Products.Five.browser.pagetemplatefile import ViewPageTemplateFile
 
+from zamqp import metrics as _metrics
 from zamqp.zope.browser import report as _report
 
 #: The Control Panel tab of the status page (see add_control_panel_tab).
@@ -110,6 +115,20 @@ class HealthView(BrowserView):
         response.setHeader('Content-Type', 'text/plain; charset=utf-8')
         _no_cache(response)
         return report.health_text()
+
+
+class MetricsView(BrowserView):
+    """``@@zamqp-metrics``: the counters, backlogs and states of every
+    producer and consumer of the process in the Prometheus text
+    exposition format (``zamqp.metrics.render``), named as on the status
+    page. Never cached; no password or secret."""
+
+    def __call__(self):
+        response = self.request.response
+        response.setHeader('Content-Type', _metrics.CONTENT_TYPE)
+        _no_cache(response)
+        return _metrics.render(
+            _metrics.collect(names=_report.client_names()))
 
 
 def add_control_panel_tab(manager_class=None):
