@@ -70,6 +70,7 @@ ZOPE_TESTS = frozenset([
     'src/zamqp/tests/test_layers.py',
     'src/zamqp/tests/test_least_privilege.py',
     'src/zamqp/tests/test_lifecycle.py',
+    'src/zamqp/tests/test_memory_layer.py',
     'src/zamqp/tests/test_plone.py',
     'src/zamqp/tests/test_plone_layers.py',
     'src/zamqp/tests/test_references.py',

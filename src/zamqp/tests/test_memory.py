@@ -7,10 +7,7 @@ import time
 
 import amqp
 import pytest
-import transaction
-import zope.component
 from amqp import spec
-from zope.configuration import xmlconfig
 
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
@@ -19,7 +16,6 @@ from zamqp import AMQPThread
 from zamqp import ConfigurationError
 from zamqp import memory
 from zamqp.exceptions import ConnectionFailed
-from zamqp.interfaces import IProducer
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 
@@ -283,34 +279,3 @@ def test_client_methods_table_covers_what_py_amqp_sends():
     # refused as an unexpected frame
     assert memory.CLIENT_METHODS[spec.Basic.Publish] == 'Bssbb'
     assert set(memory.NOT_MODELLED) <= set(memory.CLIENT_METHODS)
-
-
-# the plone.testing layer
-
-def test_memory_layer_runs_zcml_consumers_without_rabbitmq():
-    from zamqp.testing import ZAMQPMemoryFixture
-    from zamqp.tests import zcmltypes
-    from zamqp.zope import lifecycle
-    layer = ZAMQPMemoryFixture(name='test:Memory')
-    layer.setUp()
-    try:
-        url = layer['zamqpURL']
-        xmlconfig.string(zcmltypes.ZCML,
-                         context=layer['configurationContext'])
-        producer = zope.component.getUtility(IProducer, 'now')
-        props = producer.props
-        assert props.memory == AMQPProps(url=url).memory
-        assert props.memory.startswith('zamqp.layer.')
-        lifecycle.start()
-        lifecycle.wait()
-        del zcmltypes.RECEIVED[:]
-        producer({'n': 1})
-        assert wait_for(lambda: zcmltypes.RECEIVED)
-        received, = zcmltypes.RECEIVED
-        broker = memory.broker(props.memory)
-        assert broker.connection_count() >= 3
-    finally:
-        layer.tearDown()
-        transaction.abort()
-    assert broker.connection_count() == 0
-    assert broker.queue_names() == []
