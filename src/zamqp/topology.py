@@ -36,6 +36,8 @@ PLUGINS = {
     'x-jms-topic': 'rabbitmq_jms_topic_exchange',
     'x-modulus-hash': 'rabbitmq_sharding',
 }
+#: Arguments zamqp adds to a queue_type='quorum' declaration.
+QUORUM_ARGUMENTS = ('x-delivery-limit', 'x-dead-letter-exchange')
 _FLAGS = ('durable', 'auto_delete', 'exclusive', 'type', 'internal')
 
 
@@ -154,6 +156,12 @@ class Declarer:
         argument = match.group(1) if match else None
         if argument is None:
             fix = "use another name or delete it on the broker"
+        elif argument in QUORUM_ARGUMENTS and 'current is none' in text:
+            fix = (f"the existing queue has no {argument!r}, which zamqp "
+                   "adds for queue_type='quorum': to attach to a quorum "
+                   "queue declared by others give queue_arguments="
+                   "{'x-queue-type': 'quorum'} instead of queue_type, or "
+                   "set declare=False")
         elif argument in _FLAGS:
             fix = (f"its {argument!r} differs from what zamqp declares: use "
                    "another name, delete it on the broker, or set "

@@ -283,3 +283,40 @@ def test_shared_consumer_attaches_to_a_kombu_queue(kombu_queue):
         producer.close()
         assert thread.stop()
     assert received == [{'job': 1}, {'job': 2}]
+
+
+def test_attach_to_a_kombu_quorum_queue(admin):
+    kombu = pytest.importorskip('kombu')
+    exchange = kombu.Exchange(unique('zamqp.test.kombu'), 'direct',
+                              durable=True)
+    queue = kombu.Queue(unique('zamqp.test.kombuq'), exchange,
+                        routing_key='jobs', durable=True,
+                        queue_arguments={'x-queue-type': 'quorum'})
+    with kombu.Connection(broker_url()) as conn:
+        queue(conn.default_channel).declare()
+    try:
+        props = broker_props(exchange=exchange.name, type='direct')
+        consumer = AMQPConsumer(queue.name, props, print, shared=True,
+                                routing_key='jobs', queue_type='quorum',
+                                dead_letter_exchange=None)
+        thread = AMQPThread(consumer)
+        with pytest.raises(ConnectionFailed) as info:
+            thread.start()
+        thread.stop()
+        assert "inequivalent arg 'x-delivery-limit'" in str(info.value)
+        assert ("give queue_arguments={'x-queue-type': 'quorum'} instead "
+                "of queue_type" in str(info.value))
+        received = []
+        thread = AMQPThread(AMQPConsumer(
+            queue.name, props, received.append, shared=True,
+            routing_key='jobs', dead_letter_exchange=None,
+            queue_arguments={'x-queue-type': 'quorum'}))
+        thread.start()
+        producer = AMQPProducer('jobs', props, confirm=True)
+        producer('to the quorum queue')
+        producer.close()
+        assert wait_for(lambda: received == ['to the quorum queue'])
+        assert thread.stop()
+    finally:
+        admin.delete_queue(queue.name)
+        admin.delete_exchange(exchange.name)
