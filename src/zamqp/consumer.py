@@ -13,6 +13,7 @@ from zamqp.connection import explain
 from zamqp.exceptions import ConfigurationError
 from zamqp.exceptions import ConnectionFailed
 from zamqp import metrics as _metrics
+from zamqp import tracing as _tracing
 from zamqp.exceptions import MessageRefused
 from zamqp.interfaces import IConsumer
 from zamqp.logtext import loggable
@@ -446,10 +447,11 @@ class AMQPConsumer:
             self._refused(message, exc)
             return
         try:
-            if self.pass_message:
-                self.callback(body, message)
-            else:
-                self.callback(body)
+            with _tracing.receiving(message):
+                if self.pass_message:
+                    self.callback(body, message)
+                else:
+                    self.callback(body)
         except BaseException as exc:    # a handler's SystemExit too
             if self._given_back(message, exc):
                 return

@@ -28,6 +28,7 @@ from zamqp.interfaces import IProducer
 from zamqp.logtext import broker_closed
 from zamqp.status import ProducerStats
 from zamqp import metrics as _metrics
+from zamqp import tracing as _tracing
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +334,7 @@ class AMQPProducer:
             {'application_headers': _checked(headers)}
         body = serializers.encode(self.serializer, obj, extra,
                                   self.compression)
+        _tracing.inject(extra)
         msg = amqp.Message(
             body, delivery_mode=self.delivery_mode,
             message_id=f'{self._id_prefix}-{next(self._ids)}', **extra)

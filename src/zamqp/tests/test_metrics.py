@@ -323,3 +323,83 @@ def test_shutdown_reason_is_logged_in_one_line(broker, start, caplog):
                '\n' not in line for line in lines), lines
     assert value(parse(metrics.render([metrics.snapshot(consumer)]))[0],
                  'zamqp_last_error_info') == 1
+
+
+# the tracing hooks (a fake propagator: no OpenTelemetry needed)
+
+class FakePropagator:
+    """Writes and reads ``traceparent`` as OpenTelemetry's W3C
+    propagator would; the current trace is a thread-local value."""
+
+    def __init__(self):
+        import threading
+        self.local = threading.local()
+
+    def inject(self, carrier):
+        trace = getattr(self.local, 'trace', None)
+        if trace is not None:
+            carrier['traceparent'] = trace
+
+    def extract(self, carrier):
+        return {'trace': carrier.get('traceparent')}
+
+
+@pytest.fixture
+def tracing():
+    from zamqp import tracing
+    yield tracing
+    tracing.configure(None)
+
+
+def test_no_tracing_adds_no_header(tracing, props):
+    producer = AMQPProducer('t', props)
+    assert not tracing.configured()
+    assert 'application_headers' not in producer.message('x').properties
+    with tracing.receiving(producer.message('x')) as context:
+        assert context is None and tracing.current_context() is None
+
+
+def test_trace_context_travels_in_headers(tracing, props, work, start):
+    fake = FakePropagator()
+    attached = []
+    tracing.configure(fake, attach=lambda c: attached.append(c) or len(
+        attached), detach=lambda token: attached.append(('detach', token)))
+    seen = []
+
+    def handle(body, message):
+        seen.append((body, tracing.current_context(),
+                     (message.headers or {}).get('traceparent')))
+
+    consumer = AMQPConsumer(work, props, handle, shared=True,
+                            pass_message=True)
+    start(consumer)
+    assert wait_for(lambda: consumer.status()['state'] == 'consuming')
+    producer = AMQPProducer(work, props, confirm=True)
+    fake.local.trace = fake_trace()
+    producer('traced', headers={'other': 'kept'})
+    fake.local.trace = None
+    producer('plain')
+    assert wait_for(lambda: len(seen) == 2)
+    assert seen[0] == ('traced', {'trace': fake_trace()}, fake_trace())
+    assert seen[1] == ('plain', {'trace': None}, None)
+    assert attached == [{'trace': fake_trace()}, ('detach', 1),
+                        {'trace': None}, ('detach', 3)]
+    assert tracing.current_context() is None
+    producer.close()
+
+
+def fake_trace():
+    return '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'
+
+
+def test_given_headers_win_over_injected(tracing):
+    fake = FakePropagator()
+    fake.local.trace = 'injected'
+    tracing.configure(fake)
+    properties = {'application_headers': {'traceparent': 'mine', 'a': 1}}
+    tracing.inject(properties)
+    assert properties['application_headers'] == {'traceparent': 'mine',
+                                                 'a': 1}
+    properties = {}
+    tracing.inject(properties)
+    assert properties == {'application_headers': {'traceparent': 'injected'}}
