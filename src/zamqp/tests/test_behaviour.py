@@ -6,6 +6,7 @@ The assertions are the same, so the memory broker cannot drift from
 RabbitMQ where zamqp.memory claims to model it (docs/memory.rst).
 """
 import json
+import socket
 import threading
 import time
 
@@ -545,3 +546,35 @@ def test_amqp_event_round_trip(env):
         zope.event.subscribers.remove(subscriber)
         events.close_producers()
     assert received == [Greeting('behaviour', env.transport)]
+
+
+# a queue deleted under its consumers
+
+def test_deleting_a_queue_cancels_its_consumers(env):
+    queue = env.queue()
+    channel = env.connection.channel()
+    cancelled = []
+    tag = channel.basic_consume(queue, callback=print,
+                                on_cancel=cancelled.append)
+    env.channel.queue_delete(queue)
+    deadline = time.monotonic() + 5
+    while not cancelled and time.monotonic() < deadline:
+        try:
+            env.connection.drain_events(timeout=0.1)
+        except socket.timeout:
+            pass
+    assert cancelled == [tag]
+
+
+def test_consumer_comes_back_after_its_queue_was_deleted(env):
+    props = env.props()
+    work = unique('behaviour.work')
+    got = []
+    consumer = AMQPConsumer(work, props, got.append, shared=True)
+    consumer.min_backoff = 0.05
+    env.start(consumer)
+    env.channel.queue_delete(work)
+    assert wait_for(lambda: consumer.status()['reconnects'] == 1)
+    assert wait_for(lambda: _exists(env, work))
+    env.producer(work, props, confirm=True)('after')
+    assert wait_for(lambda: got == ['after'])
