@@ -133,6 +133,24 @@ def test_default_connection_name():
         AMQPProps(connection_name='')
 
 
+@pytest.mark.zope
+def test_connection_name_in_zcml_and_zope_conf():
+    from zamqp.tests.test_zope_zcml import ProductConfig
+    from zamqp.zope import settings
+    given = {'url': 'amqp://h/', 'connection_name': 'shop web'}
+    props = settings.connection_props('default', given)
+    assert props.connection_name == 'shop web'
+    with ProductConfig(**{'connection_name': 'shop web 2',
+                          'billing.channel_max': '16',
+                          'billing.auth_mechanism': 'EXTERNAL'}):
+        assert settings.connection_props(
+            'default', given, with_overrides=True).connection_name == \
+            'shop web 2'
+        billing = settings.connection_props(
+            'billing', {'url': 'amqps://h/'}, with_overrides=True)
+    assert (billing.channel_max, billing.auth_mechanism) == (16, 'EXTERNAL')
+
+
 # --- against the broker ----------------------------------------------------
 
 def client_properties_of(connection):

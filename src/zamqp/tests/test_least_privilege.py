@@ -9,7 +9,6 @@ checks that the topology exists. The same through ZCML and zope.conf.
 import uuid
 
 import pytest
-from zope.configuration import xmlconfig
 
 from zamqp import AMQPConnection
 from zamqp import AMQPConsumer
@@ -19,13 +18,10 @@ from zamqp import AMQPThread
 from zamqp import ConfigurationError
 from zamqp import ConnectionFailed
 from zamqp.deadletter import ERROR
-from zamqp.interfaces import IConsumerSpec
-from zamqp.interfaces import IProducer
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
 from zamqp.tests import brokers
-from zamqp.tests.test_zope_zcml import ProductConfig
 
 pytestmark = pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
@@ -280,6 +276,9 @@ ZCML = """<configure xmlns="http://namespaces.zope.org/zope"
 
 def zcml(node, exchange, queue, producer='', consumer=''):
     import zope.component
+    from zope.configuration import xmlconfig
+    from zamqp.interfaces import IConsumerSpec
+    from zamqp.interfaces import IProducer
     from zope.component.testing import setUp
     from zope.component.testing import tearDown
     setUp()
@@ -293,7 +292,9 @@ def zcml(node, exchange, queue, producer='', consumer=''):
         tearDown()
 
 
+@pytest.mark.zope
 def test_zcml_and_zope_conf(node):
+    from zamqp.tests.test_zope_zcml import ProductConfig
     exchange, queue = unique('zamqp.test.lp'), unique('zamqp.test.lpq')
     node.topology(exchange, queue, type='direct', dead_letters=True)
     # the default: refused, with the fix
