@@ -319,7 +319,8 @@ def _connections(settings, config, exchange, type_, queue):
         parsed = _load(settings, config)
         groups = {}
         for name, consumer in parsed.consumers.items():
-            groups.setdefault(consumer.connection, []).append(name)
+            if consumer.enabled:    # a disabled one declares nothing
+                groups.setdefault(consumer.connection, []).append(name)
         result = []
         for connection_name, names in groups.items():
             plan = Plan()
@@ -522,6 +523,11 @@ def status(settings, config, as_json):
                 click.echo(json.dumps(record, sort_keys=True))
             else:
                 click.echo(_status_line(record))
+    for name, consumer in _load(settings, config).consumers.items():
+        if not consumer.enabled:
+            record = dict(consumer=name, enabled=False)
+            click.echo(json.dumps(record, sort_keys=True) if as_json else
+                       f'{name}: not enabled (enabled = off), not checked')
 
 
 def _status_line(record):

@@ -156,6 +156,6 @@ def worker(settings, config):
 
 def _describe(config, name):
     consumer = config.consumers[name]
-    kind = 'shared queue' if consumer.shared else 'queue of its own'
-    return (f'{name} ({kind} {consumer.queue!r} on exchange '
-            f'{consumer.props.exchange!r})')
+    kind = f'shared queue {consumer.queue!r}' if consumer.shared \
+        else 'a queue of its own'
+    return f'{name} ({kind} on exchange {consumer.props.exchange!r})'
