@@ -114,11 +114,10 @@ def send(settings, exchange, type_, routing_key, serializer, headers,
     where = None
     try:
         known = len(messages) if '-' not in messages else None
-        with _progress(known) as bar:
-            for where, value in items:
+        with _progress(items, known) as shown:
+            for where, value in shown:
                 producer(value, headers=header_values)
                 sent += 1
-                bar.update(1)
         producer.close()
     except ZAMQPError as exc:
         _close_quietly(producer)
@@ -143,23 +142,25 @@ def _close_quietly(producer):
         pass
 
 
-class _NoBar:
+class _Plain:
+    def __init__(self, items):
+        self.items = items
+
     def __enter__(self):
-        return self
+        return self.items
 
     def __exit__(self, *exc):
         return False
 
-    def update(self, n):
-        pass
 
-
-def _progress(known):
+def _progress(items, known):
+    """``items`` with a progress bar on stderr when it is a terminal and
+    there are many (or an unknown number, from stdin)."""
     if not sys.stderr.isatty() or (known is not None
                                    and known < PROGRESS_FROM):
-        return _NoBar()
-    return click.progressbar(length=known, label='sending', file=sys.stderr,
-                             show_pos=True)
+        return _Plain(items)
+    return click.progressbar(items, length=known, label='sending',
+                             file=sys.stderr, show_pos=True)
 
 
 # listen

@@ -263,15 +263,11 @@ def test_pickles_are_never_unpickled_without_allow(exchange, processes,
     assert not marker.exists()
 
 
-def test_progress_bar_only_on_a_terminal(exchange):
-    messages = [str(n) for n in range(150)]
-    plain = run('send', '-e', exchange, *messages)
-    assert plain.returncode == 0
-    assert 'sending' not in plain.stderr
+def on_a_terminal(args, input=None):
+    """(exit status, what the command wrote to stderr, a pty)."""
     leader, follower = pty.openpty()
     try:
-        result = subprocess.run(command('send', '-e', exchange, *messages),
-                                stdin=subprocess.DEVNULL,
+        result = subprocess.run(command(*args), input=input,
                                 stdout=subprocess.PIPE, stderr=follower,
                                 timeout=TIMEOUT)
         os.close(follower)
@@ -289,8 +285,23 @@ def test_progress_bar_only_on_a_terminal(exchange):
         if follower is not None:
             os.close(follower)
         os.close(leader)
-    assert result.returncode == 0
+    return result.returncode, seen
+
+
+def test_progress_bar_only_on_a_terminal(exchange):
+    messages = [str(n) for n in range(150)]
+    plain = run('send', '-e', exchange, *messages)
+    assert plain.returncode == 0
+    assert 'sending' not in plain.stderr
+    code, seen = on_a_terminal(['send', '-e', exchange, *messages])
+    assert code == 0
     assert b'sending' in seen and b'150/150' in seen
+    code, seen = on_a_terminal(['send', '-e', exchange, '1', '2'])
+    assert code == 0 and b'sending' not in seen     # only 2
+    code, seen = on_a_terminal(['send', '-e', exchange, '-'],
+                               input=b'1\n2\n3\n')
+    assert code == 0
+    assert b'sending' in seen and b'] 3' in seen.replace(b'  ', b' ')
 
 
 def test_send_with_confirm_fails_for_unroutable_messages(exchange):
