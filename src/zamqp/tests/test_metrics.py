@@ -272,6 +272,7 @@ def folder():
     zca.popGlobalRegistry()
 
 
+@pytest.mark.zope
 def test_zope_view_names_producers_as_configured(folder, props):
     import zope.component
     from zamqp.interfaces import IProducer
@@ -290,6 +291,7 @@ def test_zope_view_names_producers_as_configured(folder, props):
     producer.close()
 
 
+@pytest.mark.zope
 def test_zope_view_is_registered_for_managers_only():
     import os
     import zamqp.zope.browser
