@@ -338,3 +338,40 @@ def test_attach_to_a_kombu_quorum_queue(admin):
     finally:
         admin.delete_queue(queue.name)
         admin.delete_exchange(exchange.name)
+
+
+def test_a_plugin_exchange_type_on_a_node_with_the_plugin():
+    """x-consistent-hash (a plugin that ships with RabbitMQ, enabled on a
+    private node): two shared consumers bound with weight '1' each share
+    the messages by routing key."""
+    from zamqp.tests import brokers
+    if brokers.missing():
+        pytest.skip('RabbitMQ is not installed on this machine')
+    broker = brokers.PrivateBroker()
+    broker._write('enabled_plugins',
+                  '[rabbitmq_consistent_hash_exchange].\n')
+    try:
+        broker.start()
+        props = AMQPProps(url=broker.url, exchange=unique('zamqp.test.hash'),
+                          type='x-consistent-hash', connect_timeout=3.0)
+        received = [[], []]
+        threads = [AMQPThread(AMQPConsumer(
+            unique('zamqp.test.hashq'), props, received[i].append,
+            shared=True, routing_key='1', dead_letter_exchange=None))
+            for i in range(2)]
+        for thread in threads:
+            thread.start()
+        producer = AMQPProducer('any', props, confirm=True)
+        for number in range(200):
+            producer(number, routing_key=f'order-{number}')
+        producer.close()
+        assert wait_for(lambda: sum(map(len, received)) == 200, timeout=10)
+        for thread in threads:
+            assert thread.stop()
+        print(f'x-consistent-hash: 200 messages, {len(received[0])} and '
+              f'{len(received[1])} per queue')
+        assert sorted(received[0] + received[1]) == list(range(200))
+        assert all(len(part) > 20 for part in received), \
+            [len(part) for part in received]
+    finally:
+        broker.cleanup()
