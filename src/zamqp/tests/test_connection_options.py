@@ -375,3 +375,41 @@ def test_a_plugin_exchange_type_on_a_node_with_the_plugin():
             [len(part) for part in received]
     finally:
         broker.cleanup()
+
+
+@pytest.mark.zope
+def test_exchange_queue_and_binding_arguments_in_zcml():
+    import zope.component
+    from zope.component.testing import setUp
+    from zope.component.testing import tearDown
+    from zope.configuration import xmlconfig
+    from zamqp.interfaces import IConsumerSpec
+    from zamqp.interfaces import IProducer
+    from zamqp.tests.test_zope_zcml import ProductConfig
+    setUp()
+    try:
+        with ProductConfig(**{'consumer.c.queue_arguments':
+                              'x-max-priority=10 x-message-ttl=60000 '
+                              'x-single-active-consumer=true'}):
+            xmlconfig.string('''
+<configure xmlns="http://namespaces.zope.org/zope"
+    xmlns:zamqp="http://namespaces.zope.org/zamqp">
+  <include package="zamqp" file="meta.zcml" />
+  <zamqp:connection url="amqp://h/" />
+  <zamqp:producer name="p" exchange="later" type="x-delayed-message"
+      exchange_arguments="x-delayed-type=direct" />
+  <zamqp:consumer name="c" exchange="paint" type="headers" shared="true"
+      binding_arguments="x-match=any color=red size=10" />
+</configure>''')
+        producer = zope.component.getUtility(IProducer, 'p')
+        consumer = zope.component.getUtility(IConsumerSpec, 'c').create()
+    finally:
+        tearDown()
+    assert producer.props.type == 'x-delayed-message'
+    assert producer.props.exchange_arguments == {'x-delayed-type': 'direct'}
+    declaration = consumer.declaration
+    assert declaration.binding_arguments == {
+        'x-match': 'any', 'color': 'red', 'size': 10}
+    assert declaration.arguments() == {
+        'x-max-priority': 10, 'x-message-ttl': 60000,
+        'x-single-active-consumer': True}
