@@ -578,3 +578,97 @@ def test_consumer_comes_back_after_its_queue_was_deleted(env):
     assert wait_for(lambda: _exists(env, work))
     env.producer(work, props, confirm=True)('after')
     assert wait_for(lambda: got == ['after'])
+
+
+# queue operations and the errors of the rest
+
+def test_purge_delete_unbind(env):
+    channel = env.channel
+    exchange = unique('behaviour.x')
+    env.exchanges.append(exchange)
+    channel.exchange_declare(exchange, 'direct', durable=True,
+                             auto_delete=False)
+    queue = env.queue()
+    channel.queue_bind(queue, exchange, 'k')
+    for body in (b'1', b'2'):
+        channel.basic_publish(amqp.Message(body), exchange, 'k')
+    assert wait_for(lambda: env.depth(queue) == 2)
+    channel.queue_unbind(queue, exchange, 'k')
+    channel.basic_publish(amqp.Message(b'3'), exchange, 'k')
+    with pytest.raises(amqp_errors.PreconditionFailed, match='not empty'):
+        channel.queue_delete(queue, if_empty=True)
+    channel = env.fresh_channel()
+    assert channel.queue_purge(queue) == 2
+    tag = channel.basic_consume(queue, callback=print)
+    with pytest.raises(amqp_errors.PreconditionFailed, match='in use'):
+        channel.queue_delete(queue, if_unused=True)
+    channel = env.fresh_channel()
+    assert channel.queue_delete(queue) == 0
+    assert not _exists(env, queue)
+    assert tag
+
+
+def test_exclusive_consumer_and_channel_prefetch(env):
+    channel = env.channel
+    queue = env.queue()
+    channel.basic_consume(queue, callback=print, exclusive=True)
+    other = env.connection.channel()
+    with pytest.raises(amqp_errors.AccessRefused, match='exclusive use'):
+        other.basic_consume(queue, callback=print)
+    channel = env.fresh_channel()
+    queue = env.queue()
+    for n in range(5):
+        channel.basic_publish(amqp.Message(str(n)), '', queue)
+    channel.basic_qos(0, 3, True)       # the channel's consumers together
+    got = []
+    channel.basic_consume(queue, callback=got.append)
+    channel.basic_consume(queue, callback=got.append)
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        try:
+            env.connection.drain_events(timeout=0.1)
+        except socket.timeout:
+            pass
+    assert len(got) == 3 and env.depth(queue) == 2
+    channel.basic_ack(got[-1].delivery_tag, multiple=True)
+    assert wait_for(lambda: env.depth(queue) == 0)
+
+
+@pytest.mark.parametrize('call, error, text', [
+    (lambda ch: ch.exchange_declare('amq.mine', 'direct'),
+     amqp_errors.AccessRefused, 'reserved'),
+    (lambda ch: ch.queue_bind(ch.queue_declare('', exclusive=True).queue,
+                              '', 'k'),
+     amqp_errors.AccessRefused, 'default exchange'),
+    (lambda ch: _then_declare(ch, ch.basic_publish(
+        amqp.Message(b'x'), unique('behaviour.none'), 'k')),
+     amqp_errors.NotFound, 'no exchange'),
+    (lambda ch: _then_declare(ch, ch.basic_ack(42)),
+     amqp_errors.PreconditionFailed, 'unknown delivery tag 42'),
+    (lambda ch: ch.queue_declare(unique('amq.x')),
+     amqp_errors.AccessRefused, 'reserved'),
+])
+def test_errors_close_the_channel(env, call, error, text):
+    with pytest.raises(error, match=text):
+        call(env.channel)
+    assert env.fresh_channel().queue_declare('', exclusive=True).queue
+
+
+def _then_declare(channel, _):
+    """A method with a reply after one without: the broker's
+    asynchronous channel error arrives while py-amqp waits for it."""
+    return channel.queue_declare('', exclusive=True)
+
+
+def test_heartbeats_keep_an_idle_consumer(env):
+    props = AMQPProps(url=env.url, exchange=unique('behaviour'),
+                      heartbeat=1)
+    env.exchanges.append(props.exchange)
+    got = []
+    consumer = AMQPConsumer('news', props, got.append)
+    env.start(consumer)
+    time.sleep(3.5)
+    assert consumer.connection.connection.heartbeat == 1
+    assert consumer.status()['reconnects'] == 0
+    env.producer('news', props, confirm=True)('still there')
+    assert wait_for(lambda: got == ['still there'])

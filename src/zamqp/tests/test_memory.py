@@ -104,6 +104,14 @@ def test_durable_queue_outlives_connections_until_reset(url):
     assert work in broker.queue_names()
     memory.reset(props.memory)
     assert broker.queue_names() == [] and broker.exchange_names() == []
+    brokers = [memory.broker(unique('memtest')) for _ in range(2)]
+    for each in brokers:
+        connection = connect(f'memory://{each.name}')
+        connection.channel().queue_declare('kept', durable=True)
+        connection.close()
+    assert [b.queue_names() for b in brokers] == [['kept'], ['kept']]
+    memory.reset()                      # every broker
+    assert [b.queue_names() for b in brokers] == [[], []]
 
 
 def test_reset_closes_connections_and_consumers_come_back(url, start):
