@@ -12,7 +12,7 @@ from zamqp.cli import Failure
 from zamqp.cli import cli
 from zamqp.interfaces import IMessageReceived
 
-logger = logging.getLogger('zamqp.worker')
+logger = logging.getLogger(__name__)
 
 
 @implementer(IMessageReceived)
@@ -66,7 +66,6 @@ class Worker:
         from zamqp.workerconfig import make_consumer
         for name, config in self.config.consumers.items():
             if not config.enabled:
-                logger.info('consumer %s: not enabled (enabled = off)', name)
                 continue
             thread = AMQPThread(make_consumer(config, callback(config)),
                                 name=f'zamqp-consumer-{name}')
@@ -134,6 +133,9 @@ def worker(settings, config):
     try:
         run.start()
         package.show_log(level)
+        for name, consumer in parsed.consumers.items():
+            if not consumer.enabled:
+                logger.info('consumer %s: not enabled (enabled = off)', name)
         click.echo(f'zamqp: worker consuming: '
                    f'{", ".join(_describe(parsed, n) for n in run.threads)}'
                    f'; SIGTERM or Ctrl-C stops it', err=True)

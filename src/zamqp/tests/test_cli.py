@@ -403,6 +403,10 @@ dead_letter_exchange = none
 [consumer news]
 handler = zamqp.tests.clihandlers.record
 
+[consumer idle]
+events = on
+enabled = off
+
 [worker]
 stop_timeout = 5
 {extra}""")
@@ -424,6 +428,8 @@ def test_worker_runs_handlers_and_stops_on_sigterm(exchange, admin,
         worker = Process('worker', config, env={'ZAMQP_TEST_OUTPUT': output})
         processes(worker)
         worker.wait_for_line('worker consuming')
+        assert 'zamqp: info: consumer idle: not enabled (enabled = off)' \
+            in ''.join(worker.stderr)
         assert run('send', '-e', exchange, '{"n": 1}', '{"n": 2}'
                    ).returncode == 0
         assert wait_for(lambda: len(read_output(output)) == 4, timeout=10)
@@ -603,7 +609,10 @@ def test_config_errors_never_show_secrets():
 
 
 def test_config_options_are_those_of_the_zcml_directives():
-    schemas = pytest.importorskip('zamqp.zope.schemas')
+    try:
+        from zamqp.zope import schemas
+    except ImportError:
+        pytest.skip('the Zope extra is not installed')
     connection = set(schemas.IConnectionDirective.names(all=True))
     consumer = set(schemas.IConsumerDirective.names(all=True))
     assert set(workerconfig.CONNECTION_OPTIONS) == \
@@ -612,16 +621,29 @@ def test_config_options_are_those_of_the_zcml_directives():
         consumer - {'name'} - set(workerconfig.ZOPE_ONLY)
 
 
+def test_the_command_and_the_config_import_no_zope(tmp_path):
+    config = write_config(tmp_path, """
+[consumer orders]
+handler = zamqp.tests.clihandlers.record
+shared = true
+""")
+    code = (f'import sys, zamqp.cli, zamqp.cli.run, zamqp.workerconfig\n'
+            f'zamqp.workerconfig.load({config!r})\n'
+            'print(sorted(m for m in sys.modules if m.startswith(('
+            '"zamqp.zope", "zope.schema", "zope.configuration", "Zope", '
+            '"App"))))')
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '[]'
+
+
 # check, status, topology
 
 
 def test_check_status_topology_change_nothing(exchange, admin, tmp_path):
     name = unique('zamqp.test.cli.q')
-    config = worker_config(tmp_path, exchange, name, extra='''
-[consumer idle]
-events = on
-enabled = off
-''')
+    config = worker_config(tmp_path, exchange, name)
     try:
         result = run('check', config)
         assert result.returncode == 0, result.stdout + result.stderr
