@@ -37,8 +37,10 @@ Sections (names are case-sensitive, keys are not):
     ``site`` and ``user`` are Zope's and refused here.
 ``[worker]``
     ``stop_timeout`` (seconds a running handler gets after SIGTERM,
-    default 5) and ``log_level`` (DEBUG, INFO, WARNING, ERROR; default
-    INFO).
+    default 5), ``log_level`` (DEBUG, INFO, WARNING, ERROR; default
+    INFO), ``metrics_port`` (serve zamqp.metrics' Prometheus text at
+    ``http://metrics_host:metrics_port/metrics``; default: no endpoint)
+    and ``metrics_host`` (default 127.0.0.1).
 
 Values: booleans true/yes/on/1 or false/no/off/0; whole numbers and
 numbers with the ZCML bounds; lists separated by spaces or newlines;
@@ -211,6 +213,8 @@ ZOPE_ONLY = ('site', 'user')
 WORKER_OPTIONS = {
     'stop_timeout': number(0.0),
     'log_level': choice(*LOG_LEVELS, lower=False),
+    'metrics_port': whole(0, 65535),
+    'metrics_host': text,
 }
 SECTION_KINDS = ('connection', 'consumer', 'worker')
 
@@ -268,15 +272,19 @@ class ConsumerConfig:
 
 class WorkerConfig:
     """What a config file declares: ``connections`` and ``consumers``
-    (dicts by name, in file order), ``stop_timeout``, ``log_level``."""
+    (dicts by name, in file order), ``stop_timeout``, ``log_level``,
+    ``metrics_port`` (None: no endpoint) and ``metrics_host``."""
 
     def __init__(self, path, connections, consumers, stop_timeout=5.0,
-                 log_level='INFO'):
+                 log_level='INFO', metrics_port=None,
+                 metrics_host='127.0.0.1'):
         self.path = path
         self.connections = connections
         self.consumers = consumers
         self.stop_timeout = stop_timeout
         self.log_level = log_level
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
 
 
 def _line_numbers(lines):
@@ -406,9 +414,14 @@ def parse(source, path='<config>', default_url=None):
         consumers[name] = _consumer(reader, section, name, values,
                                     connections)
     worker = sections['worker'] or {}
+    if 'metrics_host' in worker and 'metrics_port' not in worker:
+        raise reader.error('worker', 'metrics_host', 'give metrics_port '
+                           'too (the port of the /metrics endpoint)')
     return WorkerConfig(path, connections, consumers,
                         worker.get('stop_timeout', 5.0),
-                        worker.get('log_level', 'INFO'))
+                        worker.get('log_level', 'INFO'),
+                        worker.get('metrics_port'),
+                        worker.get('metrics_host', '127.0.0.1'))
 
 
 def _props(reader, section, options, default_url, exchange=None,

@@ -116,8 +116,9 @@ def worker(settings, config):
     defaults of its consumers), [consumer NAME] sections (handler =
     dotted.name, shared, ack, routing_key, allow, max_retries, ...: the
     attributes of <zamqp:consumer>) and an optional [worker] section
-    (stop_timeout, log_level). A connection without url connects to
-    --url. Exits 1 when a consumer cannot start or fails for good.
+    (stop_timeout, log_level, metrics_port, metrics_host: a Prometheus
+    /metrics endpoint). A connection without url connects to --url.
+    Exits 1 when a consumer cannot start or fails for good.
     """
     parsed = load_config(settings, config)
     if not any(c.enabled for c in parsed.consumers.values()):
@@ -128,6 +129,7 @@ def worker(settings, config):
         getattr(logging, parsed.log_level)
     package.show_log(None)
     run = Worker(parsed)
+    server = _serve_metrics(parsed, run)
     previous = {sig: signal.signal(sig, lambda *a: run.stopping.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -136,9 +138,10 @@ def worker(settings, config):
         for name, consumer in parsed.consumers.items():
             if not consumer.enabled:
                 logger.info('consumer %s: not enabled (enabled = off)', name)
+        metrics = f'; metrics at {server.url}' if server else ''
         click.echo(f'zamqp: worker consuming: '
                    f'{", ".join(_describe(parsed, n) for n in run.threads)}'
-                   f'; SIGTERM or Ctrl-C stops it', err=True)
+                   f'{metrics}; SIGTERM or Ctrl-C stops it', err=True)
         failure = run.watch()
         began = time.monotonic()
         stopped = run.stop()
@@ -146,6 +149,8 @@ def worker(settings, config):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
     if failure:
         raise Failure(failure)
     click.echo(f'zamqp: worker stopped {len(stopped)} of {len(run.threads)} '
@@ -154,6 +159,25 @@ def worker(settings, config):
         raise Failure('some handlers were still running at the stop '
                       'deadline (stop_timeout); their messages go back to '
                       'the queue')
+
+
+def _serve_metrics(config, run):
+    """zamqp.metrics' endpoint, its consumers named as in the config."""
+    if config.metrics_port is None:
+        return None
+    from zamqp import metrics
+
+    def source():
+        return metrics.collect({id(thread.consumer): name
+                                for name, thread in run.threads.items()})
+    try:
+        return metrics.serve(config.metrics_port, config.metrics_host,
+                             source)
+    except OSError as exc:
+        raise Failure(f'{config.path}: [worker] metrics_port: cannot serve '
+                      f'on {config.metrics_host}:{config.metrics_port} '
+                      f'({exc.strerror or exc}): choose a free port'
+                      ) from None
 
 
 def _describe(config, name):

@@ -6,11 +6,13 @@ import os
 import pickle
 import pty
 import queue
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 import amqp
@@ -423,11 +425,14 @@ def test_worker_runs_handlers_and_stops_on_sigterm(exchange, admin,
                                                    processes, tmp_path):
     name = unique('zamqp.test.cli.work')
     output = str(tmp_path / 'handled.jsonl')
-    config = worker_config(tmp_path, exchange, name)
+    port = free_port()
+    config = worker_config(tmp_path, exchange, name,
+                           extra=f'metrics_port = {port}')
     try:
         worker = Process('worker', config, env={'ZAMQP_TEST_OUTPUT': output})
         processes(worker)
-        worker.wait_for_line('worker consuming')
+        line = worker.wait_for_line('worker consuming')
+        assert f'metrics at http://127.0.0.1:{port}/metrics' in line
         assert 'zamqp: info: consumer idle: not enabled (enabled = off)' \
             in ''.join(worker.stderr)
         assert run('send', '-e', exchange, '{"n": 1}', '{"n": 2}'
@@ -436,6 +441,12 @@ def test_worker_runs_handlers_and_stops_on_sigterm(exchange, admin,
         assert sorted((r['consumer'], r['body']['n'])
                       for r in read_output(output)) == [
             ('jobs', 1), ('jobs', 2), ('news', 1), ('news', 2)]
+        with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics',
+                                    timeout=10) as response:
+            page = response.read().decode()
+        for consumer in 'jobs', 'news':
+            assert re.search(r'^zamqp_handled_total\{[^}]*name="%s"[^}]*\}'
+                             r' 2$' % consumer, page, re.M), page
         began = time.monotonic()
         worker.popen.send_signal(signal.SIGTERM)
         code, _, err = worker.finish()
@@ -595,6 +606,11 @@ log_level = WARNING
      '[DEFAULT]: unknown section'),
     ('[worker]\nlog_level = LOUD\n',
      'expected one of DEBUG, INFO, WARNING, ERROR'),
+    ('[worker]\nmetrics_host = 0.0.0.0\n',
+     'test.ini:2: [worker] metrics_host: give metrics_port too'),
+    ('[worker]\nmetrics_port = 70000\n',
+     "[worker] metrics_port: value '70000' is not valid: expected a whole "
+     "number, at least 0, at most 65535"),
 ])
 def test_config_errors(text, expected):
     assert expected in error(text)
