@@ -405,3 +405,44 @@ def test_given_headers_win_over_injected(tracing):
     properties = {}
     tracing.inject(properties)
     assert properties == {'application_headers': {'traceparent': 'injected'}}
+
+
+# @@zamqp-metrics of a real Zope instance (test_status_page's layer: an
+# instance on a private node, with a Manager and a user without a role)
+
+try:
+    from zamqp.tests import test_status_page as _page
+except ImportError:         # the core suite, without Zope
+    _page = None
+
+if _page is not None:
+    import unittest
+
+    @pytest.mark.zope
+    @pytest.mark.slow
+    @pytest.mark.skipif(brokers.missing() or _page.chromium_missing(),
+                        reason='RabbitMQ or Chromium is not installed')
+    class MetricsViewOfAnInstance(unittest.TestCase):
+
+        layer = _page.STATUS_INSTANCE
+
+        def test_only_managers_scrape_every_consumer(self):
+            port = self.layer['status'].port
+            url = f'http://127.0.0.1:{port}/@@zamqp-metrics'
+            for auth in (None, _page.VIEWER):
+                status, _, body = _page.fetch(url, auth=auth)
+                self.assertEqual(status, 401, auth)
+                self.assertNotIn('zamqp_', body)
+
+            def consuming():
+                status, headers, body = _page.fetch(url, auth=_page.MANAGER)
+                self.assertEqual(status, 200, body)
+                self.assertEqual(headers['Content-Type'],
+                                 metrics.CONTENT_TYPE)
+                self.assertNotIn(self.layer.password, body)
+                samples = parse(body)[0]
+                return all(value(samples, 'zamqp_state', kind='consumer',
+                                 name=name, state='consuming') == 1
+                           for name in _page.NAMES)
+
+            self.assertTrue(wait_for(consuming, timeout=30, interval=0.5))
