@@ -193,10 +193,12 @@ def jsonable(value):
 class Renderer:
     """A received py-amqp message as one JSON object.
 
-    ``body``: the decoded value of a JSON body (any content type that
-    parses as JSON) or, with allow rules, of a pickle, unpickled by
-    zamqp's restricted unpickler; otherwise ``body_text`` (UTF-8 text)
-    or ``body_base64``, with ``body_note`` saying why it was not decoded.
+    ``body``: the value zamqp's decoder (``decoder``, the consumer's:
+    content types, charsets, compression, limits) makes of the body, or
+    the body parsed as JSON when the decoder refuses it (no content
+    type, another one); a pickle only when ``unpickle`` (allow rules were
+    given), by zamqp's restricted unpickler. Otherwise ``body_text``
+    (UTF-8 text) or ``body_base64``, and ``body_note`` saying why.
     """
 
     def __init__(self, decoder, unpickle):
@@ -210,31 +212,29 @@ class Renderer:
         properties = dict(message.properties)
         info = getattr(message, 'delivery_info', None) or {}
         record = {}
-        content_type = properties.get('content_type')
+        content_type = properties.get('content_type') or ''
+        pickled = content_type.split(';')[0].strip().lower() == PICKLE
         note = None
-        if content_type == PICKLE:
-            if self.unpickle:
-                try:
-                    record['body'] = jsonable(self.decoder.decode(
-                        body, properties))
-                except Exception as exc:
-                    note = f'not unpickled: {exc}'
-            else:
-                note = ('a pickle, not unpickled: give --allow NAME (the '
-                        'classes to allow) to unpickle it with the '
-                        'restricted unpickler')
+        if pickled and not self.unpickle:
+            note = ('a pickle, not unpickled: give --allow NAME (the '
+                    'classes to allow) to unpickle it with the restricted '
+                    'unpickler')
         else:
             try:
-                record['body'] = json.loads(body)
-            except ValueError:
-                note = f'not JSON (content type {content_type!r})'
+                record['body'] = jsonable(self.decoder(message))
+            except Exception as exc:    # MessageRefused, mostly
+                note = f'not decoded: {exc}'
+                if not pickled:
+                    try:
+                        record['body'] = json.loads(body)
+                    except ValueError:
+                        pass
         if 'body' not in record:
             try:
-                record['body_text'] = body.decode('utf-8')
-                if content_type == PICKLE:
+                if pickled:
                     raise UnicodeDecodeError('utf-8', b'', 0, 1, 'pickle')
+                record['body_text'] = body.decode('utf-8')
             except UnicodeDecodeError:
-                record.pop('body_text', None)
                 record['body_base64'] = base64.b64encode(body).decode()
             record['body_note'] = note
         record['routing_key'] = info.get('routing_key')

@@ -265,6 +265,28 @@ def test_pickles_are_never_unpickled_without_allow(exchange, processes,
     assert not marker.exists()
 
 
+def test_bodies_that_are_not_json_are_shown_safely(exchange, processes):
+    listening = listener(processes, '-e', exchange, '-n', '3', '-t', '30')
+    admin = Admin()
+    try:
+        for body, properties in ((b'hello world', {'content_type':
+                                                   'text/plain'}),
+                                 (b'{"x": 1}', {}),
+                                 (b'\xff\x00', {'content_type':
+                                                'application/octet-stream'})):
+            admin.channel.basic_publish(amqp.Message(body, **properties),
+                                        exchange, '')
+    finally:
+        admin.close()
+    code, out, _ = listening.finish()
+    assert code == 0
+    text, untyped, binary = (json.loads(line) for line in out)
+    assert text['body_text'] == 'hello world' and 'body' not in text
+    assert "not decoded: content type 'text/plain'" in text['body_note']
+    assert untyped['body'] == {'x': 1}
+    assert binary['body_base64'] == '/wA=' and 'body' not in binary
+
+
 def on_a_terminal(args, input=None):
     """(exit status, what the command wrote to stderr, a pty)."""
     leader, follower = pty.openpty()
