@@ -81,14 +81,20 @@ _lock = threading.Lock()
 
 def register(obj):
     """Add a producer or consumer to the registry (their ``__init__``
-    calls it); a weak reference, so it never keeps ``obj`` alive."""
+    calls it); a weak reference, so it never keeps ``obj`` alive. Dead
+    references are dropped here and by ``registered()`` (not by weakref
+    callbacks: those may run in any thread, in the middle of a copy)."""
     number = next(_sequence)
-
-    def gone(_ref, number=number):
-        _registry.pop(number, None)
-
     with _lock:
-        _registry[number] = weakref.ref(obj, gone)
+        if number % 256 == 0:
+            _prune()
+        _registry[number] = weakref.ref(obj)
+
+
+def _prune():
+    for number, ref in list(_registry.items()):
+        if ref() is None:
+            del _registry[number]
 
 
 def unregister(obj):
@@ -102,6 +108,7 @@ def unregister(obj):
 def registered():
     """The live registered producers and consumers, oldest first."""
     with _lock:
+        _prune()
         refs = list(_registry.values())
     return [obj for obj in (ref() for ref in refs) if obj is not None]
 
