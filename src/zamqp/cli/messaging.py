@@ -31,11 +31,11 @@ def _exchange_options(func):
     return func
 
 
-def _parse_header(text):
+def _parse_header(text, option='--header'):
     name, equals, value = text.partition('=')
     if not equals or not name:
         raise click.BadParameter(f'{text!r} is not NAME=VALUE',
-                                 param_hint="'--header'")
+                                 param_hint=f"'{option}'")
     return name, value
 
 
@@ -274,13 +274,19 @@ def _raw_decoder(decoder):
               'bound if missing; each message goes to one of its '
               'consumers, acknowledged once printed). Default: a queue of '
               'its own, deleted on exit.')
+@click.option('--match', 'matches', multiple=True, metavar='NAME=VALUE',
+              help='Headers exchanges: receive only messages with this '
+              'header (text); repeatable, all must match unless '
+              '--match-any.')
+@click.option('--match-any', is_flag=True,
+              help='With --match: any one header suffices (x-match=any).')
 @click.option('--allow', multiple=True, metavar='RULE',
               help="Unpickle pickled bodies, allowing RULE (a dotted name "
               "or pattern such as 'myapp.events.*'; repeatable) besides "
               'basic values. Without it pickles are never unpickled.')
 @click.pass_obj
 def listen(settings, exchange, type_, routing_key, count, timeout, queue,
-           allow):
+           matches, match_any, allow):
     """Print each message an exchange routes to us as one JSON line:
     {"body": ..., "routing_key": ..., "exchange": ..., "redelivered": ...,
     "properties": {...}}.
@@ -299,6 +305,15 @@ def listen(settings, exchange, type_, routing_key, count, timeout, queue,
     props = props_for(settings, exchange=exchange, type=type_)
     if routing_key is None:
         routing_key = '#' if type_ == 'topic' else ''
+    binding = None
+    if matches or match_any:
+        if type_ != 'headers':
+            raise click.UsageError('--match and --match-any need --type '
+                                   'headers')
+        if not matches:
+            raise click.UsageError('--match-any needs --match NAME=VALUE')
+        binding = dict(_parse_header(m, '--match') for m in matches)
+        binding['x-match'] = 'any' if match_any else 'all'
     done = threading.Event()
     lock = threading.Lock()
     received = [0]
@@ -333,7 +348,8 @@ def listen(settings, exchange, type_, routing_key, count, timeout, queue,
             routing_key=routing_key, shared=queue is not None,
             pass_message=True, dead_letter_exchange=None,
             allow=AllowRules.from_spec(list(allow)),
-            prefetch=min(count, 100) if count and queue else None)
+            prefetch=min(count, 100) if count and queue else None,
+            **({'binding_arguments': binding} if binding else {}))
     except ZAMQPError as exc:
         raise Failure(str(exc), code=2) from None
     render = Renderer(consumer.decoder, bool(allow))

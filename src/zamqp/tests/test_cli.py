@@ -176,6 +176,23 @@ def test_headers_exchange(exchange, processes):
         'color': 'red', 'size': '10'}
 
 
+def test_headers_exchange_match(exchange, processes):
+    listening = listener(processes, '-e', exchange, '--type', 'headers',
+                         '--match', 'color=red', '--match', 'size=10',
+                         '-n', '1', '-t', '30')
+    for headers in (['color=red'], ['color=blue', 'size=10'],
+                    ['color=red', 'size=10']):
+        args = [arg for header in headers for arg in ('-H', header)]
+        assert run('send', '-e', exchange, '--type', 'headers', *args,
+                   json.dumps(headers)).returncode == 0
+    code, out, _ = listening.finish()
+    assert code == 0
+    assert [json.loads(line)['body'] for line in out] == [
+        ['color=red', 'size=10']]
+    line = one_error_line(run('listen', '-e', exchange, '--match', 'a=b'), 2)
+    assert '--match and --match-any need --type headers' in line
+
+
 def test_listen_timeout_exits_0_and_says_how_many(exchange):
     began = time.monotonic()
     result = run('listen', '-e', exchange, '--timeout', '1')
