@@ -40,6 +40,7 @@ from struct import error as StructError
 from struct import unpack_from
 from zlib import crc32
 
+from amqp import VERSION as _AMQP_VERSION
 from amqp import spec
 from amqp.channel import Channel
 from amqp.connection import Connection
@@ -79,6 +80,11 @@ _METHOD_NAMES = {DELIVER: 'Basic.Deliver', GET_OK: 'Basic.GetOk',
 _FIXED = {ord(k): v for k, v in {
     't': 1, 'b': 1, 'B': 1, 's': 2, 'U': 2, 'u': 2, 'I': 4, 'i': 4,
     'f': 4, 'L': 8, 'l': 8, 'd': 8, 'T': 8, 'D': 5, 'V': 0}.items()}
+# py-amqp before 5.4 (5.3.1 is the newest for Python 3.9) reads 's' as a
+# short string: an octet length, then that many bytes.
+_SHORTSTR = ord('s') if _AMQP_VERSION[:2] < (5, 4) else None
+if _SHORTSTR is not None:
+    del _FIXED[_SHORTSTR]
 _SIZED = frozenset(b'Sx')      # a 32-bit length, then that many bytes
 _TABLE, _ARRAY = ord('F'), ord('A')
 _CONTINUED = ('the property flags continue into a second word (bit 0), '
@@ -480,6 +486,8 @@ def _too_deep(buf, limit):
             elif ftype in sized:
                 size, = unpack_from('>I', buf, offset)
                 offset += 4 + size
+            elif ftype == _SHORTSTR:
+                offset += 1 + buf[offset]
             elif ftype == _TABLE or ftype == _ARRAY:
                 if len(ends) >= limit:
                     return True

@@ -21,8 +21,15 @@ import collections
 import socket
 import struct
 
+import amqp
+
 FRAME_END = b'\xce'
 FRAME_MAX = 131072      # RabbitMQ's default, what Tune offers
+#: py-amqp before 5.4 (5.3.1 is the newest for Python 3.9) reads a
+#: table's 's' as a short string, not as RabbitMQ's 16-bit int, and
+#: raises for a table key that is not UTF-8 (5.4 keeps it as bytes): with
+#: it, the cases of such content are faults.
+OLD_PY_AMQP = amqp.VERSION[:2] < (5, 4)
 
 # Basic property flag bits, in header order, with their value types.
 PROPERTIES = (
@@ -197,10 +204,11 @@ def _cases():
     body = b'{"hostile": true}'
     yield Case('no properties', properties(), body, False)
     for name, value, _ in EVERY_TYPE:
-        yield Case(f'header type {name}', headers(('v', value)), body, False)
+        yield Case(f'header type {name}', headers(('v', value)), body,
+                   OLD_PY_AMQP and name == 's')
     yield Case('header array of every type', headers(
         ('a', field('A', array(*(v for _, v, _ in EVERY_TYPE))))),
-        body, False)
+        body, OLD_PY_AMQP)
     for stamp in (2 ** 63, 2 ** 64 - 1, 253402300800):
         yield Case(f'header timestamp {stamp}',
                    headers(('t', field('T', stamp))), body, True)
@@ -218,7 +226,7 @@ def _cases():
         yield Case(f'bad UTF-8 {name}', properties(**{name: BAD_UTF8}),
                    body, True)
     yield Case('bad UTF-8 header key', headers((BAD_UTF8, field('V'))),
-               body, False)
+               body, OLD_PY_AMQP)
     yield Case('bad UTF-8 longstr header value',
                headers(('v', field('S', longstr(BAD_UTF8)))), body, False)
     yield Case('unknown header type Z', headers(('z', b'Z\x00')), body, True)
