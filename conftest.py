@@ -68,7 +68,6 @@ ZOPE_TESTS = frozenset([
     'src/zamqp/tests/test_content_instances.py',
     'src/zamqp/tests/test_credentials.py',
     'src/zamqp/tests/test_layers.py',
-    'src/zamqp/tests/test_least_privilege.py',
     'src/zamqp/tests/test_lifecycle.py',
     'src/zamqp/tests/test_memory_layer.py',
     'src/zamqp/tests/test_plone.py',
@@ -78,6 +77,7 @@ ZOPE_TESTS = frozenset([
     'src/zamqp/tests/test_status_page.py',
     'src/zamqp/tests/test_status_report.py',
     'src/zamqp/tests/test_status_views.py',
+    'src/zamqp/tests/test_untyped_option.py',
     'src/zamqp/tests/test_zconsole.py',
     'src/zamqp/tests/test_zope_instances.py',
     'src/zamqp/tests/test_zope_options.py',
@@ -118,3 +118,12 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption('core') and zope_tests:
         config.hook.pytest_deselected(items=zope_tests)
         items[:] = core
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.getoption('core') and terminalreporter.stats.get('error'):
+        terminalreporter.write_line(
+            'If a test module did not import: the core suite (--core) '
+            'imports every one but those of ZOPE_TESTS in conftest.py; a '
+            'module that needs Zope or Plone belongs there (or its Zope '
+            'tests, marked zope, import Zope inside the test).', red=True)
