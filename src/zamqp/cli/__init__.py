@@ -47,10 +47,12 @@ def scrub(text, urls):
             netloc = ''
         userinfo = netloc.rpartition('@')[0]
         _, colon, password = userinfo.partition(':')
+        user = unquote(userinfo.partition(':')[0])
         if colon and password:
             for form in {password, unquote(password)}:
                 text = text.replace(f':{form}@', '@')
-                if len(form) >= 4:
+                # a password that is the user name (guest) shows anyway
+                if len(form) >= 4 and form != user:
                     text = text.replace(form, '***')
         if url in text:
             text = text.replace(url, '<the --url>')
@@ -58,14 +60,23 @@ def scrub(text, urls):
 
 
 class LogLines(logging.Handler):
-    """zamqp's log records as ``zamqp: LEVEL: text`` lines on stderr."""
+    """zamqp's log records on stderr: ``zamqp: LEVEL: text`` lines, or
+    with ``detailed`` (the worker) time, level, logger and message with
+    its traceback."""
+
+    detailed = False
+    layout = logging.Formatter(
+        '%(asctime)s %(levelname)s %(name)s: %(message)s')
 
     def emit(self, record):
         try:
-            text = record.getMessage().splitlines()[0] if \
-                record.getMessage() else ''
-            click.echo(f'zamqp: {record.levelname.lower()}: {text}',
-                       err=True)
+            if self.detailed:
+                text = self.layout.format(record)
+            else:
+                message = record.getMessage()
+                first = message.splitlines()[0] if message else ''
+                text = f'zamqp: {record.levelname.lower()}: {first}'
+            click.echo(text, err=True)
         except Exception:
             pass
 
@@ -73,7 +84,7 @@ class LogLines(logging.Handler):
 _handler = None
 
 
-def show_log(level):
+def show_log(level, detailed=False):
     """Show zamqp's log records of ``level`` and above on stderr (None:
     none: the command reports errors itself)."""
     global _handler
@@ -82,6 +93,7 @@ def show_log(level):
         _handler = LogLines()
         logger.addHandler(_handler)
         logger.propagate = False
+    _handler.detailed = detailed
     if level is None:
         _handler.setLevel(logging.CRITICAL + 1)
         logger.setLevel(logging.CRITICAL + 1)

@@ -134,7 +134,7 @@ def worker(settings, config):
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         run.start()
-        package.show_log(level)
+        package.show_log(level, detailed=True)
         for name, consumer in parsed.consumers.items():
             if not consumer.enabled:
                 logger.info('consumer %s: not enabled (enabled = off)', name)

@@ -18,4 +18,8 @@ def slow(event):
     record(event)
 
 
+def fail(event):
+    raise ValueError(f'handler failed on purpose: {event.body!r}')
+
+
 not_callable = 42

@@ -472,8 +472,8 @@ def test_worker_runs_handlers_and_stops_on_sigterm(exchange, admin,
         processes(worker)
         line = worker.wait_for_line('worker consuming')
         assert f'metrics at http://127.0.0.1:{port}/metrics' in line
-        assert 'zamqp: info: consumer idle: not enabled (enabled = off)' \
-            in ''.join(worker.stderr)
+        assert 'INFO zamqp.cli.run: consumer idle: not enabled (enabled = ' \
+            'off)' in ''.join(worker.stderr)
         assert run('send', '-e', exchange, '{"n": 1}', '{"n": 2}'
                    ).returncode == 0
         assert wait_for(lambda: len(read_output(output)) == 4, timeout=10)
@@ -522,6 +522,47 @@ def test_worker_lets_a_running_handler_finish(exchange, admin, processes,
               'after SIGTERM')
         assert 0.5 < took < 5
         assert admin.queue_depth(name) == 0      # acknowledged
+    finally:
+        admin.delete_queue(name)
+
+
+def test_worker_logs_handler_errors_with_tracebacks(exchange, processes,
+                                                   tmp_path):
+    config = write_config(tmp_path, f"""
+[consumer broken]
+exchange = {exchange}
+handler = zamqp.tests.clihandlers.fail
+""")
+    worker = Process('worker', config)
+    processes(worker)
+    worker.wait_for_line('worker consuming')
+    assert run('send', '-e', exchange, '"boom"').returncode == 0
+    worker.wait_for_line("ValueError: handler failed on purpose: 'boom'")
+    worker.popen.send_signal(signal.SIGTERM)
+    code, _, err = worker.finish()
+    assert code == 0, err
+    assert 'Traceback (most recent call last)' in err
+    assert "ERROR zamqp.consumer: consumer broken." in err
+
+
+def test_worker_exits_1_when_a_consumer_fails_for_good(exchange, admin,
+                                                      processes, tmp_path):
+    name = unique('zamqp.test.cli.work')
+    config = worker_config(tmp_path, exchange, name)
+    try:
+        worker = Process('worker', config)
+        processes(worker)
+        worker.wait_for_line('worker consuming')
+        # someone declares the queue anew with other settings: the
+        # consumer is cancelled, and its declaration now conflicts
+        admin.delete_queue(name)
+        admin.channel.queue_declare(name, durable=True, auto_delete=False,
+                                    arguments={'x-max-length': 5})
+        code, _, err = worker.finish()
+        assert code == 1
+        last = err.splitlines()[-1]
+        assert last.startswith('zamqp: error: consumer jobs failed: ')
+        assert "inequivalent arg 'x-max-length'" in last
     finally:
         admin.delete_queue(name)
 
