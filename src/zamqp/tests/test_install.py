@@ -20,8 +20,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 
 CORE = '''
-import importlib, importlib.util, pkgutil, sys
+import importlib, importlib.util, os, pkgutil, sys
 import zamqp
+# package data from the wheel (pyproject.toml, MANIFEST.in)
+here = os.path.dirname(zamqp.__file__)
+for name in ('py.typed', 'configure.zcml', 'meta.zcml',
+             'zope/browser/report.pt',
+             'zope/plone/profiles/default/metadata.xml'):
+    assert os.path.isfile(os.path.join(here, name)), name
 def absent(name):
     try:
         return importlib.util.find_spec(name) is None
@@ -98,6 +104,12 @@ def test_core_installs_and_works_without_zope(tmp_path):
                           env=clean_env(), cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'core ok' in done.stdout
+    # the console script, zamqp.cli:main (click is a dependency)
+    done = subprocess.run([os.path.join(os.path.dirname(python), 'zamqp'),
+                           '--help'], capture_output=True, text=True,
+                          timeout=60, env=clean_env(), cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith('Usage: zamqp'), done.stdout
     brokers.report(f'pip install zamqp (fresh venv): {took:.0f} s')
 
 
