@@ -14,9 +14,10 @@ fanout, direct, topic and headers exchanges, queues (durable, exclusive,
 auto-delete), bindings with arguments, consumers with prefetch, acks,
 nacks and rejects with requeue, basic.get, publisher confirms, mandatory
 returns, ``x-dead-letter-exchange`` and ``x-dead-letter-routing-key``,
-and the channel and connection errors RabbitMQ raises for wrong
+quorum queues (``x-delivery-count``, ``x-delivery-limit``), and the
+channel and connection errors RabbitMQ raises for wrong
 declarations. What it does not model (TTLs, length limits, priorities,
-quorum and stream queues, transactions, exchange-to-exchange bindings,
+stream queues, transactions, exchange-to-exchange bindings,
 alternate exchanges, plugins' exchange types, ...) raises
 NotImplementedError naming the feature, in the calling thread.
 
@@ -90,9 +91,9 @@ NOT_MODELLED = {
 }
 
 EXCHANGE_TYPES = ('direct', 'fanout', 'topic', 'headers')
-#: Queue arguments the model implements.
+#: Queue arguments the model implements (x-delivery-limit: quorum).
 QUEUE_ARGUMENTS = ('x-dead-letter-exchange', 'x-dead-letter-routing-key',
-                   'x-queue-type')
+                   'x-queue-type', 'x-delivery-limit')
 SERVER_PROPERTIES = {
     'product': 'zamqp memory broker',
     'platform': 'Python',
@@ -246,7 +247,7 @@ class _Entry:
     came from."""
 
     __slots__ = ('seq', 'exchange', 'routing_key', 'properties', 'body',
-                 'redelivered')
+                 'redelivered', 'returns')
 
     def __init__(self, seq, exchange, routing_key, properties, body,
                  redelivered=False):
@@ -256,6 +257,7 @@ class _Entry:
         self.properties = properties    # the encoded property list
         self.body = body
         self.redelivered = redelivered
+        self.returns = 0            # back in a quorum queue (returned)
 
     def __lt__(self, other):
         return self.seq < other.seq
@@ -270,12 +272,28 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.owner = owner          # the _Peer of an exclusive queue
+        self.quorum = self.arguments.get('x-queue-type') == 'quorum'
         self.ready = []             # heap of _Entry, by seq
         self.consumers = []         # _Consumer, in round-robin order
         self.had_consumer = False
 
     def __len__(self):
         return len(self.ready)
+
+    def properties(self, entry, get=False):
+        """The encoded properties ``entry`` is delivered with: a quorum
+        queue adds ``x-delivery-count``, how often it was returned (as
+        RabbitMQ 3.10 does: to consumers once it is 1 or more, to
+        ``basic.get`` always)."""
+        if not self.quorum or not (get or entry.returns):
+            return entry.properties
+        message = Message()
+        message._load_properties(60, entry.properties, 0)
+        properties = message.properties
+        properties['application_headers'] = dict(
+            properties.get('application_headers') or {},
+            **{'x-delivery-count': entry.returns})
+        return Message(**properties)._serialize_properties()
 
 
 class _Consumer:
@@ -436,6 +454,12 @@ class Broker:
         if queue is None:
             return None
         entry.redelivered = True
+        if queue.quorum:
+            entry.returns += 1
+            limit = queue.arguments.get('x-delivery-limit')
+            if limit is not None and entry.returns > limit:
+                self.dead_letter(vhost, queue, entry, 'delivery_limit')
+                return queue
         heapq.heappush(queue.ready, entry)
         return queue
 
@@ -516,7 +540,7 @@ class _Channel:
         self.peer.send_content(
             self.id, spec.Basic.Deliver, 'sLbss',
             (consumer.tag, tag, entry.redelivered, entry.exchange,
-             entry.routing_key), entry)
+             entry.routing_key), entry, consumer.queue.properties(entry))
 
     def cancelled_by_broker(self, consumer):
         self.consumers.pop(consumer.tag, None)
@@ -558,12 +582,15 @@ class _Peer:
             (dumps(fmt, args) if fmt else b'')
         self.transport.put([(_METHOD, channel, payload)])
 
-    def send_content(self, channel, method, fmt, args, entry):
+    def send_content(self, channel, method, fmt, args, entry,
+                     properties=None):
+        if properties is None:
+            properties = entry.properties
         frames = [(_METHOD, channel,
                    struct.pack('>HH', *method) + dumps(fmt, args)),
                   (_HEADER, channel,
                    struct.pack('>HHQ', 60, 0, len(entry.body))
-                   + entry.properties)]
+                   + properties)]
         body, size = entry.body, max(self.frame_max - 8, 1)
         for start in range(0, len(body), size):
             frames.append((_BODY, channel, body[start:start + size]))
@@ -867,13 +894,24 @@ def _exchange_delete(peer, channel, _, name, if_unused, nowait):
         peer.send(channel.id, spec.Exchange.DeleteOk)
 
 
-def _check_queue_arguments(arguments):
+def _check_queue_arguments(arguments, name, where, durable, exclusive,
+                           auto_delete, new):
     kind = (arguments or {}).get('x-queue-type', 'classic')
-    if kind != 'classic':
+    if kind not in ('classic', 'quorum'):
         raise not_modelled(f'{kind} queues (x-queue-type)')
-    for name in arguments or {}:
-        if name not in QUEUE_ARGUMENTS:
-            raise not_modelled(f'the queue argument {name!r}')
+    for argument in arguments or {}:
+        if argument not in QUEUE_ARGUMENTS or (
+                argument == 'x-delivery-limit' and kind != 'quorum'):
+            raise not_modelled(f'the queue argument {argument!r} on '
+                               f'{kind} queues')
+    if kind == 'quorum' and new:
+        for wrong, what in ((auto_delete, 'auto-delete'),
+                            (exclusive, 'exclusive-owner'),
+                            (not durable, 'non-durable')):
+            if wrong:
+                raise _ChannelError(PRECONDITION_FAILED,
+                                    f"invalid property '{what}' for queue "
+                                    f"'{name}' {where}")
 
 
 def _queue_declare(peer, channel, _, name, passive, durable, exclusive,
@@ -887,9 +925,11 @@ def _queue_declare(peer, channel, _, name, passive, durable, exclusive,
             raise _ChannelError(ACCESS_REFUSED,
                                 f"queue name '{name}' contains reserved "
                                 "prefix 'amq.*'")
-        _check_queue_arguments(arguments)
         if not name:
             name = f'amq.gen-{uuid.uuid4().hex[:22]}'
+        _check_queue_arguments(arguments, name, where, durable,
+                               exclusive, auto_delete,
+                               name not in vhost.queues)
         queue = vhost.queues.get(name)
         if queue is None:
             queue = vhost.queues[name] = Queue(
@@ -910,7 +950,10 @@ def _queue_declare(peer, channel, _, name, passive, durable, exclusive,
             for what in QUEUE_ARGUMENTS:
                 received = (arguments or {}).get(what)
                 current = queue.arguments.get(what)
-                if received != current and what != 'x-queue-type':
+                if what == 'x-queue-type':
+                    received, current = received or 'classic', \
+                        current or 'classic'
+                if received != current:
                     raise _ChannelError(
                         PRECONDITION_FAILED,
                         f"inequivalent arg '{what}' for queue '{name}' "
@@ -1046,7 +1089,8 @@ def _basic_get(peer, channel, _, name, no_ack):
         channel.unacked[tag] = (queue.name, entry, None)
     peer.send_content(channel.id, spec.Basic.GetOk, 'LbssL',
                       (tag, entry.redelivered, entry.exchange,
-                       entry.routing_key, len(queue.ready)), entry)
+                       entry.routing_key, len(queue.ready)), entry,
+                      queue.properties(entry, get=True))
 
 
 def _settled(channel, tag, multiple):

@@ -672,3 +672,92 @@ def test_heartbeats_keep_an_idle_consumer(env):
     assert consumer.status()['reconnects'] == 0
     env.producer('news', props, confirm=True)('still there')
     assert wait_for(lambda: got == ['still there'])
+
+
+# quorum queues
+
+def test_quorum_queue_counts_deliveries_and_limits_them(env):
+    channel = env.channel
+    dlx, dead, queue = (unique('behaviour.quorum') for _ in range(3))
+    env.exchanges.append(dlx)
+    env.queues += [dead, queue]
+    channel.exchange_declare(dlx, 'fanout', durable=True, auto_delete=False)
+    channel.queue_declare(dead, durable=True, auto_delete=False)
+    channel.queue_bind(dead, dlx, '')
+    with pytest.raises(amqp_errors.PreconditionFailed,
+                       match="invalid property 'auto-delete'"):
+        channel.queue_declare(queue, durable=True, auto_delete=True,
+                              arguments={'x-queue-type': 'quorum'})
+    channel = env.fresh_channel()
+    channel.queue_declare(queue, durable=True, auto_delete=False,
+                          arguments={'x-queue-type': 'quorum',
+                                     'x-delivery-limit': 2,
+                                     'x-dead-letter-exchange': dlx})
+    for body in (b'a', b'b'):
+        channel.basic_publish(amqp.Message(body), '', queue)
+    assert wait_for(lambda: env.depth(queue) == 2)
+    seen = []
+    for _ in range(4):
+        message = wait_get(channel, queue)
+        seen.append((message.body, message.delivery_info['redelivered'],
+                     message.headers.get('x-delivery-count')))
+        channel.basic_reject(message.delivery_tag,
+                             requeue=message.body == b'a')
+    assert seen == [(b'a', False, 0), (b'a', True, 1), (b'a', True, 2),
+                    (b'b', False, 0)]
+    assert wait_for(lambda: env.depth(dead) == 2)
+    letters = {m.body: m.headers for m in env.take(dead)}
+    assert [letters[b]['x-death'][0]['reason'] for b in (b'a', b'b')] == \
+        ['delivery_limit', 'rejected']
+    assert 'x-delivery-count' not in letters[b'a']
+    with pytest.raises(amqp_errors.PreconditionFailed,
+                       match="inequivalent arg"):
+        channel.queue_declare(queue, durable=True, auto_delete=False)
+
+
+def test_consumer_on_a_quorum_queue(env):
+    props = env.props()
+    work = unique('behaviour.work')
+    calls = []
+
+    def flaky(body, message):
+        calls.append((body, message.headers.get('x-delivery-count')))
+        if len(calls) == 1:
+            raise ValueError('first time')
+
+    env.start(AMQPConsumer(work, props, flaky, shared=True,
+                           queue_type='quorum', pass_message=True))
+    env.producer(work, props, confirm=True)('job')
+    assert wait_for(lambda: len(calls) == 2)
+    quiet()
+    # a consumer sees no x-delivery-count on a first delivery, and zamqp
+    # retries with a copy, so the broker's count starts again
+    assert calls == [('job', None), ('job', None)]
+
+
+def test_quorum_delivery_count_to_consumers(env):
+    queue = unique('behaviour.quorum')
+    env.queues.append(queue)
+    channel = env.channel
+    channel.queue_declare(queue, durable=True, auto_delete=False,
+                          arguments={'x-queue-type': 'quorum'})
+    channel.basic_publish(amqp.Message(b'a'), '', queue)
+    got = []
+
+    def take(message):
+        got.append((message.delivery_info['redelivered'],
+                    (message.headers or {}).get('x-delivery-count')))
+        if len(got) < 3:
+            channel.basic_reject(message.delivery_tag, requeue=True)
+        else:
+            channel.basic_ack(message.delivery_tag)
+
+    tag = channel.basic_consume(queue, callback=take)
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        try:
+            env.connection.drain_events(timeout=0.1)
+        except socket.timeout:
+            pass
+    channel.basic_cancel(tag)
+    assert got == [(False, None), (True, 1), (True, 2)]

@@ -135,9 +135,12 @@ def test_reset_closes_connections_and_consumers_come_back(url, start):
     (lambda ch: ch.queue_declare('', exclusive=True,
                                  arguments={'x-message-ttl': 10}),
      'x-message-ttl'),
-    (lambda ch: ch.queue_declare('q', durable=True,
-                                 arguments={'x-queue-type': 'quorum'}),
-     'quorum queues'),
+    (lambda ch: ch.queue_declare('q', durable=True, auto_delete=False,
+                                 arguments={'x-queue-type': 'stream'}),
+     'stream queues'),
+    (lambda ch: ch.queue_declare('', exclusive=True,
+                                 arguments={'x-delivery-limit': 3}),
+     'x-delivery-limit'),
     (lambda ch: ch.exchange_declare('d', 'x-delayed-message'),
      'exchange type'),
     (lambda ch: ch.exchange_declare('d', 'direct',
@@ -163,11 +166,12 @@ def test_what_is_not_modelled_raises(url, call, feature):
         connection.close()
 
 
-def test_consumer_on_quorum_queue_fails_naming_it(url):
+def test_consumer_with_a_length_limit_fails_naming_it(url):
     props = AMQPProps(url=url, exchange=unique())
     thread = AMQPThread(AMQPConsumer(unique('work'), props, print,
-                                     shared=True, queue_type='quorum'))
-    with pytest.raises(ConnectionFailed, match='quorum queues') as info:
+                                     shared=True,
+                                     queue_arguments={'x-max-length': 5}))
+    with pytest.raises(ConnectionFailed, match='x-max-length') as info:
         thread.start()
     assert isinstance(info.value.__cause__, NotImplementedError)
 
