@@ -47,6 +47,7 @@ line says so ("accepted": a probe declared or consumed; a consumer is
 cancelled at once).
 """
 import json
+import re
 import uuid
 
 import click
@@ -498,8 +499,9 @@ def _topology_line(item):
 def status(settings, config, as_json):
     """Per consumer of CONFIG: its exchange and queue on the broker,
     the messages waiting and the consumers attached, and the dead
-    letters waiting (passive declares: nothing is changed). Exit status
-    0 once the broker answered."""
+    letters waiting (passive declares: nothing is changed); with
+    [worker] metrics_port, also what the running worker counted (its
+    /metrics page). Exit status 0 once the broker answered."""
     for props, connection, plan, items in _inventories(settings, config):
         probe = Probe(connection)
         for name, consumer in plan.consumers:
@@ -523,11 +525,76 @@ def status(settings, config, as_json):
                 click.echo(json.dumps(record, sort_keys=True))
             else:
                 click.echo(_status_line(record))
-    for name, consumer in _load(settings, config).consumers.items():
+    parsed = _load(settings, config)
+    if parsed.metrics_port is not None:
+        _worker_lines(parsed, as_json)
+    for name, consumer in parsed.consumers.items():
         if not consumer.enabled:
             record = dict(consumer=name, enabled=False)
             click.echo(json.dumps(record, sort_keys=True) if as_json else
                        f'{name}: not enabled (enabled = off), not checked')
+
+
+#: The counters ``status`` shows from a worker's /metrics page.
+WORKER_COUNTERS = ('received', 'handled', 'failed', 'refused', 'retried',
+                   'dead_lettered', 'dropped', 'reconnects')
+_SAMPLE = re.compile(r'^(zamqp_\w+)\{(.*)\} (\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def worker_metrics(text):
+    """``{consumer name: {'state': ..., counter: value}}`` from the
+    Prometheus text of a worker's /metrics page (zamqp.metrics)."""
+    found = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        family, labels, value = match.groups()
+        labels = {k: v.replace('\\"', '"').replace('\\\\', '\\')
+                  for k, v in _LABEL.findall(labels)}
+        if labels.get('kind') != 'consumer':
+            continue
+        entry = found.setdefault(labels.get('name', ''), {})
+        if family == 'zamqp_state':
+            if float(value) == 1:
+                entry['state'] = labels.get('state')
+        elif family.endswith('_total'):
+            counter = family[len('zamqp_'):-len('_total')]
+            if counter in WORKER_COUNTERS:
+                entry[counter] = int(float(value))
+    return found
+
+
+def _worker_lines(config, as_json):
+    """What the running worker's /metrics endpoint says, per consumer."""
+    import urllib.request
+    host = config.metrics_host
+    if host in ('0.0.0.0', '::', ''):
+        host = '127.0.0.1'
+    url = f'http://{host}:{config.metrics_port}/metrics'
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            found = worker_metrics(response.read().decode('utf-8'))
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, 'reason', None) or exc
+        if as_json:
+            click.echo(json.dumps(dict(worker=url, reachable=False,
+                                       error=str(reason))))
+        else:
+            click.echo(f'worker at {url}: not reachable ({reason}): is '
+                       'it running?')
+        return
+    for name, entry in found.items():
+        if as_json:
+            click.echo(json.dumps(dict(worker=url, consumer=name, **entry),
+                                  sort_keys=True))
+            continue
+        counts = ', '.join(f'{counter.replace("_", "-")} '
+                           f'{entry.get(counter, 0)}'
+                           for counter in WORKER_COUNTERS)
+        click.echo(f'{name}: worker {entry.get("state", "?")} ({url}): '
+                   f'{counts}')
 
 
 def _status_line(record):

@@ -486,12 +486,19 @@ def test_worker_runs_handlers_and_stops_on_sigterm(exchange, admin,
         for consumer in 'jobs', 'news':
             assert re.search(r'^zamqp_handled_total\{[^}]*name="%s"[^}]*\}'
                              r' 2$' % consumer, page, re.M), page
+        status = run('status', config)
+        assert status.returncode == 0
+        assert f'jobs: worker consuming (http://127.0.0.1:{port}/metrics): ' \
+            'received 2, handled 2, failed 0' in status.stdout, status.stdout
         began = time.monotonic()
         worker.popen.send_signal(signal.SIGTERM)
         code, _, err = worker.finish()
         took = time.monotonic() - began
         assert code == 0, err
         assert 'worker stopped 2 of 2 consumer(s)' in err
+        status = run('status', config)
+        assert f'worker at http://127.0.0.1:{port}/metrics: not reachable' \
+            in status.stdout
         print(f'worker (idle) exited {took:.2f} s after SIGTERM')
         assert took < 5
         assert admin.queue_depth(name) == 0
@@ -561,6 +568,7 @@ def test_worker_exits_1_when_a_consumer_fails_for_good(exchange, admin,
         code, _, err = worker.finish()
         assert code == 1
         last = err.splitlines()[-1]
+        print(last)
         assert last.startswith('zamqp: error: consumer jobs failed: ')
         assert "inequivalent arg 'x-max-length'" in last
     finally:
@@ -735,6 +743,20 @@ shared = true
 
 
 # check, status, topology
+
+
+def test_worker_metrics_are_read_from_the_prometheus_text():
+    from zamqp.cli.broker import worker_metrics
+    labels = 'kind="consumer",name="a \\"b\\"",exchange="x",queue="q"'
+    text = '\n'.join([
+        '# HELP zamqp_handled_total Messages whose handler returned.',
+        f'zamqp_handled_total{{{labels}}} 7',
+        f'zamqp_failed_total{{{labels}}} 1',
+        f'zamqp_state{{{labels},state="consuming"}} 1',
+        f'zamqp_state{{{labels},state="failed"}} 0',
+        'zamqp_published_total{kind="producer",name="p"} 3'])
+    assert worker_metrics(text) == {
+        'a "b"': {'handled': 7, 'failed': 1, 'state': 'consuming'}}
 
 
 def test_check_status_topology_change_nothing(exchange, admin, tmp_path):
