@@ -372,8 +372,9 @@ class Broker:
         with self.lock:
             for peer in list(self.peers):
                 peer.force_close(CONNECTION_FORCED,
-                                 "broker forced connection closure with "
-                                 "reason 'shutdown'")
+                                 "CONNECTION_FORCED - broker forced "
+                                 "connection closure with reason "
+                                 "'shutdown'")
             self.peers.clear()
             self.vhosts.clear()
 
@@ -1262,10 +1263,12 @@ class MemoryTransport:
             f'memory://{self.broker.name} closed the connection')
 
     def write(self, data):
-        if not self.connected or self.peer is None or self.peer.closed:
+        if not self.connected or self.peer is None or self._ended:
             self.connected = False
             raise ConnectionResetError(
                 f'memory://{self.broker.name}: the connection is closed')
+        if self.peer.closed:
+            return      # the broker closed it: its connection.close waits
         out = self._out
         out += data
         frames = []

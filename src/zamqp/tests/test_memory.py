@@ -129,6 +129,16 @@ def test_reset_closes_connections_and_consumers_come_back(url, start):
     assert wait_for(lambda: got == ['after reset'])
 
 
+def test_reset_closes_connections_as_a_broker_shutdown(url):
+    connection = connect(url)
+    channel = connection.channel()
+    memory.reset(AMQPProps(url=url).memory)
+    with pytest.raises(amqp.exceptions.ConnectionForced,
+                       match="CONNECTION_FORCED - broker forced connection "
+                             "closure with reason 'shutdown'"):
+        channel.queue_declare('', exclusive=True)
+
+
 # refusals
 
 @pytest.mark.parametrize('call, feature', [
