@@ -406,6 +406,18 @@ def test_refused_login_hides_the_password(exchange, subcommand):
         assert 'wr0ng-s3cret' not in result.stderr + result.stdout
 
 
+def test_scrub_removes_passwords_in_every_form():
+    from zamqp.cli import scrub
+    url = 'amqp://app:p%40ss-w0rd@rabbit:5672/shop'
+    for text in (f'failed: {url}', 'amqp://app:p@ss-w0rd@rabbit',
+                 'login p@ss-w0rd refused', 'login p%40ss-w0rd refused'):
+        cleaned = scrub(text, [url])
+        assert 'ss-w0rd' not in cleaned, cleaned
+    # guest/guest: the user name stays readable
+    assert scrub("user 'guest' refused", ['amqp://guest:guest@h/']) == \
+        "user 'guest' refused"
+
+
 def test_every_subcommand_has_help():
     for subcommand in ('send', 'listen', 'worker', 'check', 'status',
                        'topology'):
