@@ -38,7 +38,9 @@ Sections (names are case-sensitive, keys are not):
 ``[worker]``
     ``stop_timeout`` (seconds a running handler gets after SIGTERM,
     default 5), ``log_level`` (DEBUG, INFO, WARNING, ERROR; default
-    INFO), ``metrics_port`` (serve zamqp.metrics' Prometheus text at
+    INFO), ``imports`` (modules imported first, e.g. those that add
+    ``zope.event`` subscribers for ``events = true``), ``metrics_port``
+    (serve zamqp.metrics' Prometheus text at
     ``http://metrics_host:metrics_port/metrics``; default: no endpoint)
     and ``metrics_host`` (default 127.0.0.1).
 
@@ -160,6 +162,20 @@ def arguments(value):
     return found
 
 
+def modules(value):
+    """Import each dotted module name of ``value`` (for what they
+    register on import, such as zope.event subscribers)."""
+    imported = []
+    for name in value.split():
+        try:
+            imported.append(importlib.import_module(name))
+        except Exception as exc:
+            raise ValueError(f'importable modules; importing {name} '
+                             f'failed: {type(exc).__name__}: {exc}'
+                             ) from None
+    return tuple(imported)
+
+
 def limit(value):
     result = whole(0)(value)
     return None if result == 0 else result
@@ -215,6 +231,7 @@ WORKER_OPTIONS = {
     'log_level': choice(*LOG_LEVELS, lower=False),
     'metrics_port': whole(0, 65535),
     'metrics_host': text,
+    'imports': modules,
 }
 SECTION_KINDS = ('connection', 'consumer', 'worker')
 

@@ -116,8 +116,8 @@ def worker(settings, config):
     defaults of its consumers), [consumer NAME] sections (handler =
     dotted.name, shared, ack, routing_key, allow, max_retries, ...: the
     attributes of <zamqp:consumer>) and an optional [worker] section
-    (stop_timeout, log_level, metrics_port, metrics_host: a Prometheus
-    /metrics endpoint). A connection without url connects to --url.
+    (stop_timeout, log_level, imports, metrics_port, metrics_host: a
+    Prometheus /metrics endpoint). A connection without url connects to --url.
     Exits 1 when a consumer cannot start or fails for good.
     """
     parsed = load_config(settings, config)

@@ -545,6 +545,27 @@ def test_worker_lets_a_running_handler_finish(exchange, admin, processes,
         admin.delete_queue(name)
 
 
+def test_worker_notifies_events_to_imported_subscribers(
+        exchange, processes, tmp_path):
+    output = str(tmp_path / 'notified.jsonl')
+    config = write_config(tmp_path, f"""
+[worker]
+imports = zamqp.tests.clisubscribers
+
+[consumer events]
+exchange = {exchange}
+events = on
+""")
+    worker = Process('worker', config, env={'ZAMQP_TEST_OUTPUT': output})
+    processes(worker)
+    worker.wait_for_line('worker consuming')
+    assert run('send', '-e', exchange, '{"event": 1}').returncode == 0
+    assert wait_for(lambda: read_output(output) == [
+        {'notified': {'event': 1}}], timeout=10), read_output(output)
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.finish()[0] == 0
+
+
 def test_worker_logs_handler_errors_with_tracebacks(exchange, processes,
                                                    tmp_path):
     config = write_config(tmp_path, f"""
@@ -706,6 +727,10 @@ log_level = WARNING
      '[DEFAULT]: unknown section'),
     ('[worker]\nlog_level = LOUD\n',
      'expected one of DEBUG, INFO, WARNING, ERROR'),
+    ('[worker]\nimports = zamqp.tests.nothing_here\n',
+     "test.ini:2: [worker] imports: value 'zamqp.tests.nothing_here' is not "
+     "valid: expected importable modules; importing "
+     "zamqp.tests.nothing_here failed: ModuleNotFoundError"),
     ('[worker]\nmetrics_host = 0.0.0.0\n',
      'test.ini:2: [worker] metrics_host: give metrics_port too'),
     ('[worker]\nmetrics_port = 70000\n',
@@ -826,6 +851,14 @@ def test_check_status_topology_change_nothing(exchange, admin, tmp_path):
         assert not any(m.delivery_info['redelivered'] for m in taken)
     finally:
         admin.delete_queue(name)
+
+
+def test_check_without_config_only_connects():
+    result = run('check')
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('broker: RabbitMQ ')
+    assert ", user '" in lines[0] and 'virtual host' in lines[0]
 
 
 def test_check_conflict(exchange, admin):
