@@ -761,3 +761,18 @@ def test_quorum_delivery_count_to_consumers(env):
             pass
     channel.basic_cancel(tag)
     assert got == [(False, None), (True, 1), (True, 2)]
+
+
+def test_closed_channel_requeues_in_the_original_order(env):
+    queue = env.queue()
+    for body in (b'1', b'2', b'3', b'4'):
+        env.channel.basic_publish(amqp.Message(body), '', queue)
+    assert wait_for(lambda: env.depth(queue) == 4)
+    other = env.connection.channel()
+    taken = [other.basic_get(queue) for _ in range(3)]
+    assert [m.body for m in taken] == [b'1', b'2', b'3']
+    other.basic_ack(taken[1].delivery_tag)
+    other.close()
+    again = env.take(queue)
+    assert [(m.body, m.delivery_info['redelivered']) for m in again] == \
+        [(b'1', True), (b'3', True), (b'4', False)]
