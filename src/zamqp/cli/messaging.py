@@ -20,7 +20,16 @@ PROGRESS_FROM = 100
 PICKLE = 'application/x-python-serialize'
 
 
+DECLARE = {'true': True, 'passive': 'passive', 'false': False}
+
+
 def _exchange_options(func):
+    func = click.option(
+        '--declare', type=click.Choice(list(DECLARE)), default='true',
+        show_default=True,
+        help='true: declare what is used (needs the configure '
+        'permission); passive: only check that it exists; false: use it '
+        'as an administrator declared it.')(func)
     func = click.option(
         '--type', 'type_', type=click.Choice(EXCHANGE_TYPES),
         default='fanout', show_default=True,
@@ -90,10 +99,14 @@ def _short(text, limit=30):
               help="Wait for the broker's confirm of each message and fail "
               'for one that no queue took (mandatory). Without it the '
               'confirms are awaited once, at the end.')
+@click.option('--confirm-timeout', type=click.FloatRange(min=0.0,
+              min_open=True), default=None, metavar='SECONDS',
+              help='How long a message may wait for its confirm, and a '
+              'publish for a broker that went away (default: 30).')
 @click.argument('messages', nargs=-1, required=True, metavar='MESSAGE...')
 @click.pass_obj
-def send(settings, exchange, type_, routing_key, serializer, headers,
-         persistent, confirm, messages):
+def send(settings, exchange, type_, declare, routing_key, serializer,
+         headers, persistent, confirm, confirm_timeout, messages):
     """Publish each MESSAGE, a JSON value, to an exchange.
 
     MESSAGE '-' reads one JSON value per line from stdin. All arguments
@@ -104,12 +117,14 @@ def send(settings, exchange, type_, routing_key, serializer, headers,
     from zamqp.exceptions import ZAMQPError
     from zamqp.producer import AMQPProducer
     header_values = dict(_parse_header(h) for h in headers) or None
-    props = props_for(settings, exchange=exchange, type=type_)
+    props = props_for(settings, exchange=exchange, type=type_,
+                      declare=DECLARE[declare])
     items = _messages(messages, sys.stdin)
     producer = AMQPProducer('zamqp-cli', props, routing_key=routing_key,
                             serializer=serializer, persistent=persistent,
                             confirm=True if confirm else None,
-                            mandatory=confirm)
+                            mandatory=confirm,
+                            confirm_timeout=confirm_timeout)
     sent = 0
     where = None
     try:
@@ -118,11 +133,14 @@ def send(settings, exchange, type_, routing_key, serializer, headers,
             for where, value in shown:
                 producer(value, headers=header_values)
                 sent += 1
+        where = None        # all sent: close() waits for the confirms
         producer.close()
     except ZAMQPError as exc:
         _close_quietly(producer)
-        detail = f' at {where}' if where else ''
-        raise Failure(f'{exc} (failed{detail}; {sent} message(s) sent '
+        if where is None:
+            raise Failure(f'{exc} ({sent} message(s) sent; the broker did '
+                          'not confirm those named)') from None
+        raise Failure(f'{exc} (failed at {where}; {sent} message(s) sent '
                       'before it)') from None
     except KeyboardInterrupt:
         _close_quietly(producer)
@@ -285,8 +303,8 @@ def _raw_decoder(decoder):
               "or pattern such as 'myapp.events.*'; repeatable) besides "
               'basic values. Without it pickles are never unpickled.')
 @click.pass_obj
-def listen(settings, exchange, type_, routing_key, count, timeout, queue,
-           matches, match_any, allow):
+def listen(settings, exchange, type_, declare, routing_key, count,
+           timeout, queue, matches, match_any, allow):
     """Print each message an exchange routes to us as one JSON line:
     {"body": ..., "routing_key": ..., "exchange": ..., "redelivered": ...,
     "properties": {...}}.
@@ -302,7 +320,12 @@ def listen(settings, exchange, type_, routing_key, count, timeout, queue,
     from zamqp.status import State
     from zamqp.unpickling import AllowRules
     from zamqp import cli as package
-    props = props_for(settings, exchange=exchange, type=type_)
+    if declare != 'true' and queue is None:
+        raise click.UsageError(f'--declare {declare} needs --queue NAME: '
+                               'a queue of its own is made anew by each '
+                               'listen, so nobody can declare it before')
+    props = props_for(settings, exchange=exchange, type=type_,
+                      declare=DECLARE[declare])
     if routing_key is None:
         routing_key = '#' if type_ == 'topic' else ''
     binding = None

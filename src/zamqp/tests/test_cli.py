@@ -352,6 +352,40 @@ def test_send_with_confirm_fails_for_unroutable_messages(exchange):
     assert 'unroutable' in line and 'argument 1' in line
 
 
+def test_declare_passive_and_false(exchange, admin, processes):
+    line = one_error_line(run('send', '-e', exchange, '--declare',
+                              'passive', '1'), 1)
+    assert f"exchange {exchange!r} does not exist" in line
+    began = time.monotonic()
+    line = one_error_line(run('send', '-e', exchange, '--declare', 'false',
+                              '--confirm-timeout', '2', '1'), 1)
+    took = time.monotonic() - began
+    assert 'NOT_FOUND' in line and exchange in line
+    assert "1 message(s) sent; the broker did not confirm" in line
+    print(f'send --declare false to a missing exchange, --confirm-timeout '
+          f'2: failed after {took:.2f} s')
+    assert took < 10
+    line = one_error_line(run('listen', '-e', exchange, '--declare',
+                              'false'), 2)
+    assert '--declare false needs --queue NAME' in line
+    # declared by an administrator: passive and false use it
+    name = unique('zamqp.test.cli.given')
+    admin.channel.exchange_declare(exchange, 'fanout', durable=True,
+                                   auto_delete=False)
+    admin.channel.queue_declare(name, durable=True, auto_delete=False)
+    admin.channel.queue_bind(name, exchange, '')
+    try:
+        listening = listener(processes, '-e', exchange, '--declare',
+                             'passive', '--queue', name, '-n', '1')
+        assert run('send', '-e', exchange, '--declare', 'false',
+                   '"given"').returncode == 0
+        code, out, _ = listening.finish()
+        assert code == 0
+        assert [json.loads(line)['body'] for line in out] == ['given']
+    finally:
+        admin.delete_queue(name)
+
+
 # errors: one line, no traceback, no password
 
 
