@@ -363,6 +363,7 @@ class AMQPProducer:
         """After a failed attempt: drop the connection, wait a backoff
         delay and return, or raise once ``deadline`` would pass."""
         self.stats.error(broker_closed(exc) or exc)
+        self._raise_if_undeclared(exc)
         if isinstance(exc, ConnectionFailed):
             if not exc.recoverable or not self._connected_once:
                 raise exc       # a setting, or no broker from the start
@@ -386,6 +387,20 @@ class AMQPProducer:
                            self.props.exchange, self.props.url(),
                            broker_closed(exc) or exc)
         time.sleep(delay)
+
+    def _raise_if_undeclared(self, exc):
+        """A missing exchange (404) that zamqp may not declare comes
+        back on every new connection: raise at once, do not retry."""
+        mode = self.connection.declare_mode
+        if mode is True or not isinstance(exc, amqp_errors.NotFound):
+            return
+        self._lost(exc)
+        raise PublishFailed(
+            f"basic_publish: exchange {self.props.exchange!r} does not "
+            f"exist on {self.props.url()} ({broker_closed(exc) or exc}): "
+            f"with declare={mode!r} zamqp does not declare it; declare it "
+            f"on the broker (see docs/least-privilege.rst), or let zamqp "
+            f"declare it (declare=True)") from exc
 
     def _first_retry(self, exc):
         """Reconnect at once after a connection that worked; back off

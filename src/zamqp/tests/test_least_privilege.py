@@ -6,6 +6,7 @@ names the exchange, the virtual host, the user and the fix; with
 consuming with acknowledgements and dead-lettering work; ``'passive'``
 checks that the topology exists. The same through ZCML and zope.conf.
 """
+import time
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from zamqp import AMQPProps
 from zamqp import AMQPThread
 from zamqp import ConfigurationError
 from zamqp import ConnectionFailed
+from zamqp.exceptions import PublishFailed
 from zamqp.deadletter import ERROR
 from zamqp.testhelpers import Admin
 from zamqp.testhelpers import unique
@@ -246,6 +248,28 @@ def test_producer_and_consumer_keywords_override_the_props(node):
         assert wait_for(lambda: received == ['kw'], timeout=10)
     finally:
         assert thread.stop()
+
+
+@pytest.mark.parametrize('confirm', [True, False])
+def test_publishing_to_a_missing_exchange_it_may_not_declare_raises(
+        node, confirm):
+    """A 404 comes back on every connection: no retrying until
+    confirm_timeout (it took 30 s), a PublishFailed naming the fix."""
+    exchange = unique('zamqp.test.lp')
+    producer = AMQPProducer(unique(), node.props(exchange), confirm=confirm,
+                            declare=False, confirm_timeout=30)
+    began = time.monotonic()
+    try:
+        with pytest.raises(PublishFailed) as raised:
+            for number in range(100):   # unconfirmed: a later call sees it
+                producer(number)
+                time.sleep(0.02)
+    finally:
+        producer.close()
+    assert time.monotonic() - began < 5
+    text = str(raised.value)
+    assert f'exchange {exchange!r} does not exist' in text
+    assert 'NOT_FOUND' in text and 'declare=False' in text
 
 
 def test_broadcast_consumer_needs_declare():
