@@ -138,6 +138,12 @@ def charset(parameters, content_encoding):
     if encoding is None or not str(encoding).strip() or \
             str(encoding).strip().lower() in BINARY_ENCODINGS:
         return from_type
+    if str(encoding).strip().lower() in _METHODS:
+        raise MessageRefused(
+            f'content_encoding {encoding!r} is not a charset: not decoded; '
+            'zamqp reads compression from the '
+            f'{COMPRESSION_HEADER!r} header (as kombu writes it), not from '
+            'content_encoding')
     from_encoding = known_charset(str(encoding).strip(), 'content_encoding')
     if from_type is not None and from_type != from_encoding:
         raise MessageRefused(

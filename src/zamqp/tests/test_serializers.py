@@ -355,3 +355,10 @@ def test_json_type_forms_are_kombus(value, form):
     assert kombu_json.loads(body) == [value]
     assert serializers.get('json').loads(
         kombu_json.dumps([value]).encode(), None) == [value]
+
+
+def test_compression_in_content_encoding_is_refused_clearly():
+    with pytest.raises(MessageRefused, match="content_encoding 'gzip' is "
+                       "not a charset.*'compression' header"):
+        receive(gzip.compress(b'[1]'), content_type='application/json',
+                content_encoding='gzip')
