@@ -768,8 +768,8 @@ def check(config, case, noting=True):
             and case.message.properties.get('content_encoding') != 'gzip':
         # an intact serialized value the consumer may decode: it must
         # come back, unless a class or a limit refuses it (a body that
-        # says content_encoding 'gzip' but is not: refused, as kombu
-        # does; only the compression header names a compression)
+        # says content_encoding 'gzip' is refused: only the compression
+        # header names a compression)
         needed = classes_in(body.value)
         allowed = set(config.base_classes)
         if case.verified(config):
