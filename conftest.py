@@ -64,6 +64,7 @@ ZOPE_TESTS = frozenset([
     'docs/content-events.rst',
     'docs/plone.rst',
     'docs/zope.rst',
+    'src/zamqp/tests/test_api_docs.py',
     'src/zamqp/tests/test_confirms.py',
     'src/zamqp/tests/test_content_instances.py',
     'src/zamqp/tests/test_credentials.py',

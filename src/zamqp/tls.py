@@ -235,7 +235,8 @@ class TLSTransport(SSLTransport):
         handshake is done, and the first write may find it gone."""
         try:
             super()._write(s)
-        except ssl.SSLEOFError as exc:
+        except (ssl.SSLEOFError, ConnectionResetError) as exc:
+            # Python 3.13's ssl module reports it as a reset, 3.11's as EOF
             alert = self._alert()
             if alert is None:
                 raise
