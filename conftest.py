@@ -63,6 +63,7 @@ def doctest_module(request):
 ZOPE_TESTS = frozenset([
     'docs/content-events.rst',
     'docs/plone.rst',
+    'docs/troubleshooting.rst',
     'docs/zope.rst',
     'src/zamqp/tests/test_api_docs.py',
     'src/zamqp/tests/test_confirms.py',

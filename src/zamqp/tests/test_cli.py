@@ -783,11 +783,9 @@ def test_config_errors_never_show_secrets():
     assert 't0p-s3cret' not in text
 
 
+@pytest.mark.zope     # not in the core suite (conftest.py)
 def test_config_options_are_those_of_the_zcml_directives():
-    try:
-        from zamqp.zope import schemas
-    except ImportError:
-        pytest.skip('the Zope extra is not installed')
+    from zamqp.zope import schemas
     connection = set(schemas.IConnectionDirective.names(all=True))
     consumer = set(schemas.IConsumerDirective.names(all=True))
     assert set(workerconfig.CONNECTION_OPTIONS) == \
