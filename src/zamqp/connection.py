@@ -1,9 +1,12 @@
 """AMQPConnection: one py-amqp connection, one channel, its declarations."""
+from __future__ import annotations
+
 import functools
 import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import amqp
 from amqp import exceptions as amqp_errors
@@ -20,6 +23,12 @@ from zamqp.logtext import broker_closed
 from zamqp.transport import PublisherConnection
 from zamqp.transport import Readiness
 from zamqp.transport import connection_class
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from zamqp.props import AMQPProps
+    from zamqp.props import DeclareMode
 
 logger = logging.getLogger(__name__)
 
@@ -243,9 +252,13 @@ class AMQPConnection:
     Not thread-safe: one thread uses a connection at a time.
     """
 
-    def __init__(self, queue, props, mode='w', routing_key=None,
-                 exclusive=None, durable=False, auto_delete=True,
-                 heartbeat=None, publisher=False, declare=None):
+    def __init__(self, queue: str, props: AMQPProps,
+                 mode: Literal['r', 'w'] = 'w',
+                 routing_key: str | None = None,
+                 exclusive: bool | None = None, durable: bool = False,
+                 auto_delete: bool = True, heartbeat: float | None = None,
+                 publisher: bool = False,
+                 declare: DeclareMode | None = None) -> None:
         if mode not in ('r', 'w'):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         self.queue = queue
@@ -267,13 +280,13 @@ class AMQPConnection:
         self._readiness = None
 
     @property
-    def channel(self):
+    def channel(self) -> amqp.Channel:
         if self._channel is None:
             self._open()
         return self._channel
 
     @property
-    def is_open(self):
+    def is_open(self) -> bool:
         """True while a channel is open (no network call)."""
         return self._channel is not None and self._channel.is_open
 
@@ -295,7 +308,7 @@ class AMQPConnection:
             self._readiness = Readiness(self.connection)
         self._channel = channel
 
-    def poll(self):
+    def poll(self) -> None:
         """Handle what the broker sent, if anything, without waiting.
 
         A channel or connection the broker closed raises here. A no-op
@@ -304,7 +317,7 @@ class AMQPConnection:
         if self._readiness is not None:
             self._readiness.poll()
 
-    def declare(self, channel):
+    def declare(self, channel: amqp.Channel) -> None:
         """Declare the exchange, and in read mode the queue and binding
         (as ``declare`` says: all, only check them, or nothing)."""
         props = self.props
@@ -315,7 +328,7 @@ class AMQPConnection:
             declarer.queue(self.queue, **self.queue_flags)
             declarer.bind(self.queue, props.exchange, self.routing_key)
 
-    def close(self):
+    def close(self) -> None:
         conn, self.connection, self._channel = self.connection, None, None
         self._readiness = None
         if conn is None:
@@ -327,10 +340,10 @@ class AMQPConnection:
                          self.props.url(), exc_info=True)
             _quietly(conn.collect)
 
-    def __enter__(self):
+    def __enter__(self) -> AMQPConnection:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self):

@@ -1,8 +1,12 @@
 """AMQPConsumer and AMQPThread: a supervised consumer and its thread."""
+from __future__ import annotations
+
 import logging
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
+from typing import Any
 
 from amqp import exceptions as amqp_errors
 from zope.interface import implementer
@@ -30,6 +34,23 @@ from zamqp.status import ConsumerStatus
 from zamqp.status import State
 from zamqp.unpickling import AllowRules
 from zamqp.worker import Worker
+
+if TYPE_CHECKING:
+    from typing import Callable
+    from typing import Iterable
+    from typing import Literal
+    from typing import Union
+
+    import amqp
+
+    from zamqp.props import AMQPProps
+    from zamqp.props import AllowSpec
+    from zamqp.props import DeclareMode
+
+    # hints only: callback(body), or callback(body, message) with
+    # pass_message=True
+    Callback = Union[Callable[[Any], object],
+                     Callable[[Any, amqp.Message], object]]
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +133,23 @@ class AMQPConsumer:
     max_backoff = 30.0      # seconds between reconnect attempts, at most
     refused_backoff = 1.0   # the same while the broker refuses connections
 
-    def __init__(self, queue, props, callback, routing_key=None,
-                 shared=False, durable=None, ack=None, prefetch=None,
-                 accept=None, allow=(), pass_message=False, max_retries=3,
-                 dead_letter_exchange=_DEFAULT, queue_type=None,
-                 signed_allow=(), max_size=_DEFAULT, max_depth=_DEFAULT,
-                 untyped=None, declare=None, queue_arguments=None,
-                 binding_arguments=None):
+    def __init__(
+            self, queue: str, props: AMQPProps, callback: Callback,
+            routing_key: str | None = None, shared: bool = False,
+            durable: bool | None = None, ack: bool | None = None,
+            prefetch: int | None = None,
+            accept: str | Iterable[str] | None = None,
+            allow: AllowSpec = (), pass_message: bool = False,
+            max_retries: int = 3,
+            dead_letter_exchange: str | None = _DEFAULT,
+            queue_type: Literal['classic', 'quorum'] | None = None,
+            signed_allow: AllowSpec = (),
+            max_size: int | None = _DEFAULT,
+            max_depth: int | None = _DEFAULT,
+            untyped: Literal['refuse', 'json', 'bytes'] | None = None,
+            declare: DeclareMode | None = None,
+            queue_arguments: dict[str, Any] | None = None,
+            binding_arguments: dict[str, Any] | None = None) -> None:
         self.queue = queue
         self.props = props
         self.callback = callback
@@ -168,41 +199,41 @@ class AMQPConsumer:
     # settings kept as attributes of the consumer (1.0 API)
 
     @property
-    def queue_type(self):
+    def queue_type(self) -> str | None:
         return self.declaration.queue_type
 
     @property
-    def durable(self):
+    def durable(self) -> bool:
         return self.declaration.durable
 
-    def queue_arguments(self):
+    def queue_arguments(self) -> dict[str, Any] | None:
         """The ``arguments`` of the queue declaration."""
         return self.declaration.arguments()
 
     # state
 
-    def status(self):
+    def status(self) -> dict[str, Any]:
         """A snapshot of the consumer's state, last error and counts (a
         dict, see zamqp.status.ConsumerStatus)."""
         return self.stats.snapshot()
 
     @property
-    def state(self):
+    def state(self) -> State:
         return self.stats.state
 
     @property
-    def stop_requested(self):
+    def stop_requested(self) -> bool:
         """True once stop() was called."""
         return self._stopping.is_set()
 
-    def healthy(self):
+    def healthy(self) -> bool:
         """True while the consumer runs and its worker can take messages
         (a dead worker is replaced at the consumer thread's next step)."""
         return self.state not in (State.STOPPED, State.FAILED)
 
     # the consumer thread: supervision and reconnects
 
-    def start_worker(self):
+    def start_worker(self) -> None:
         """Start the worker thread unless it runs (``run`` does it too;
         AMQPThread does it first, so ``run`` goes straight to connecting)."""
         if self.worker is not None and self.worker.is_alive():
@@ -213,7 +244,7 @@ class AMQPConsumer:
             old.close()
         self.worker.start()
 
-    def run(self):
+    def run(self) -> None:
         self.start_worker()
         try:
             self._supervise()
@@ -384,7 +415,7 @@ class AMQPConsumer:
         self.attempted.set()
         return again
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: float | None = None) -> None:
         """Ask ``run`` to return; never blocks. A running callback gets
         ``timeout`` seconds (default: ``stop_timeout``) to finish."""
         if timeout is not None or self._deadline is None:
@@ -436,7 +467,7 @@ class AMQPConsumer:
     def end(self):
         self.busy = False
 
-    def handle(self, message):
+    def handle(self, message: amqp.Message) -> None:
         """Decode ``message``, call the callback, record the verdict."""
         results = self.worker.results
         if not self.ack:
@@ -568,23 +599,24 @@ class AMQPThread(threading.Thread):
     (reconnecting included), False once it stopped or failed.
     """
 
-    def __init__(self, consumer, name=None):
+    def __init__(self, consumer: AMQPConsumer,
+                 name: str | None = None) -> None:
         super().__init__(name=name or f'zamqp-consumer-{consumer.queue}',
                          daemon=True)
         self.consumer = consumer
 
     @property
-    def worker(self):
+    def worker(self) -> Worker | None:
         """The thread that runs the callbacks (None before start)."""
         return self.consumer.worker
 
-    def run(self):
+    def run(self) -> None:
         self.consumer.run()
 
-    def is_alive(self):
+    def is_alive(self) -> bool:
         return super().is_alive() and self.consumer.healthy()
 
-    def start(self, timeout=None):
+    def start(self, timeout: float | None = None) -> None:
         self.consumer.start_worker()
         super().start()
         if timeout is None:
@@ -595,7 +627,7 @@ class AMQPThread(threading.Thread):
             self.join(timeout)
             raise error
 
-    def stop(self, timeout=2.0):
+    def stop(self, timeout: float = 2.0) -> bool:
         """Stop the consumer: a running callback may finish, within
         ``timeout`` seconds in all; return True once the consumer thread
         and its worker have ended."""

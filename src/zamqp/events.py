@@ -1,6 +1,9 @@
 """Remote zope events: AMQPEvent publishes, AMQPEventCallback notifies."""
+from __future__ import annotations
+
 import atexit
 import threading
+from typing import TYPE_CHECKING
 
 import zope.event
 from zope.interface import implementer
@@ -9,6 +12,9 @@ from zamqp import serializers
 from zamqp.exceptions import PublishFailed
 from zamqp.interfaces import IAMQPEvent
 from zamqp.producer import AMQPProducer
+
+if TYPE_CHECKING:
+    from zamqp.props import AMQPProps
 
 _lock = threading.Lock()
 _producers = {}
@@ -35,7 +41,8 @@ class AMQPEvent:
     published after the transaction committed, and never if it aborts.
     """
 
-    def __init__(self, queue, props, payload, serializer='pickle'):
+    def __init__(self, queue: str, props: AMQPProps, payload: object,
+                 serializer: str = 'pickle') -> None:
         self.queue = queue
         self.props = props
         self.payload = payload
@@ -43,7 +50,7 @@ class AMQPEvent:
         self._pending = True
         install()
 
-    def publish(self):
+    def publish(self) -> bool:
         """Publish (or, in a transaction, queue) the payload once."""
         if not self.__dict__.pop('_pending', False):
             return False
@@ -60,7 +67,7 @@ class AMQPEvent:
                 f'{self.payload!r}>')
 
 
-def dispatch(event):
+def dispatch(event: object) -> None:
     """Publish ``event``'s payload if it is an IAMQPEvent not yet sent.
 
     Meant for ``zope.event.subscribers`` and, as a handler for
@@ -70,7 +77,7 @@ def dispatch(event):
         event.publish()
 
 
-def install():
+def install() -> None:
     """Make ``dispatch`` a zope.event subscriber (once)."""
     if dispatch not in zope.event.subscribers:
         with _lock:
@@ -78,14 +85,15 @@ def install():
                 zope.event.subscribers.append(dispatch)
 
 
-def uninstall():
+def uninstall() -> None:
     """Remove ``dispatch`` from zope.event's subscribers."""
     with _lock:
         while dispatch in zope.event.subscribers:
             zope.event.subscribers.remove(dispatch)
 
 
-def producer_for(queue, props, serializer='pickle'):
+def producer_for(queue: str, props: AMQPProps,
+                 serializer: str = 'pickle') -> AMQPProducer:
     """The shared producer events for ``queue`` on ``props`` written by
     ``serializer`` go through.
 
@@ -111,7 +119,7 @@ def _close_at_exit():
         _atexit_registered = True
 
 
-def close_producers():
+def close_producers() -> None:
     """Close the connections of the shared event producers."""
     with _lock:
         producers = list(_producers.values())
@@ -126,5 +134,5 @@ def close_producers():
 class AMQPEventCallback:
     """A consumer callback that notifies each received payload locally."""
 
-    def __call__(self, payload):
+    def __call__(self, payload: object) -> None:
         zope.event.notify(payload)

@@ -1,5 +1,11 @@
 """The errors zamqp raises."""
+from __future__ import annotations
+
 import pickle
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 class ZAMQPError(Exception):
@@ -18,7 +24,7 @@ class ConnectionFailed(ZAMQPError, ConnectionError):
     password, unknown virtual host, exchange of another type).
     """
 
-    def __init__(self, message, recoverable=True):
+    def __init__(self, message: str, recoverable: bool = True) -> None:
         super().__init__(message)
         self.recoverable = recoverable
 
@@ -36,7 +42,7 @@ class PublishBlocked(PublishFailed):
     on disk'``.
     """
 
-    def __init__(self, message, reason=None):
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -52,14 +58,16 @@ class NotConfirmed(PublishFailed):
     listed were confirmed.
     """
 
-    def __init__(self, message, nacked=(), returned=(), unconfirmed=()):
+    def __init__(self, message: str, nacked: Iterable[str] = (),
+                 returned: Iterable[tuple[str, str, str]] = (),
+                 unconfirmed: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.nacked = list(nacked)
         self.returned = list(returned)
         self.unconfirmed = list(unconfirmed)
 
     @property
-    def message_ids(self):
+    def message_ids(self) -> list[str]:
         """The ids of all messages that were not confirmed."""
         return (self.nacked + [entry[0] for entry in self.returned]
                 + self.unconfirmed)

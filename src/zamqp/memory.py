@@ -24,6 +24,8 @@ NotImplementedError naming the feature, in the calling thread.
 Brokers live as long as the process; ``reset()`` forgets their exchanges
 and queues and closes their connections (as a broker restart would).
 """
+from __future__ import annotations
+
 import collections
 import datetime
 import heapq
@@ -34,6 +36,8 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
@@ -43,6 +47,10 @@ from amqp.serialization import dumps
 from amqp.serialization import loads
 
 from zamqp.transport import BlockAwareConnection
+
+if TYPE_CHECKING:
+    from typing import Callable
+    from typing import Mapping
 
 __all__ = ('Broker', 'Connection', 'broker', 'reset', 'DEFAULT_NAME')
 
@@ -116,7 +124,7 @@ _CODE_NAMES = {404: 'NOT_FOUND', 403: 'ACCESS_REFUSED',
                312: 'NO_ROUTE'}
 
 
-def not_modelled(feature):
+def not_modelled(feature: str) -> NotImplementedError:
     """The error for a feature the memory broker does not model."""
     return NotImplementedError(
         f'the memory:// broker does not model {feature}: test this against '
@@ -145,13 +153,13 @@ def _flag(value):
 
 # routing
 
-def topic_words(key):
+def topic_words(key: str) -> list[str]:
     """The words of a topic routing key or pattern, as RabbitMQ splits
     them: ``''`` has none, ``'a.'`` has ``'a'`` and an empty word."""
     return key.split('.') if key else []
 
 
-def topic_match(pattern, key):
+def topic_match(pattern: str, key: str) -> bool:
     """Whether the binding ``pattern`` matches the routing ``key``: ``*``
     stands for exactly one word, ``#`` for zero or more."""
     return _match(topic_words(pattern), topic_words(key))
@@ -191,7 +199,8 @@ def _same_value(a, b):
         and a == b)
 
 
-def headers_match(arguments, headers):
+def headers_match(arguments: Mapping[str, Any] | None,
+                  headers: Mapping[str, Any] | None) -> bool:
     """Whether a headers exchange binding with ``arguments`` routes a
     message with ``headers``: ``x-match`` ``all`` (default) or ``any``
     (``all-with-x`` and ``any-with-x`` also compare ``x-`` keys)."""
@@ -328,7 +337,7 @@ class Broker:
     """One in-process broker: its virtual hosts, exchanges, queues and
     connections. All state changes under ``lock``."""
 
-    def __init__(self, name):
+    def __init__(self, name: str) -> None:
         self.name = name
         self.lock = threading.RLock()
         self.vhosts = {}
@@ -343,30 +352,30 @@ class Broker:
 
     # inspection, for tests
 
-    def queue_names(self, vhost='/'):
+    def queue_names(self, vhost: str = '/') -> list[str]:
         with self.lock:
             return sorted(self.vhost(vhost).queues)
 
-    def exchange_names(self, vhost='/'):
+    def exchange_names(self, vhost: str = '/') -> list[str]:
         """Declared exchanges (the predeclared '' and amq.* left out)."""
         with self.lock:
             return sorted(name for name in self.vhost(vhost).exchanges
                           if name and not name.startswith('amq.'))
 
-    def message_count(self, queue, vhost='/'):
+    def message_count(self, queue: str, vhost: str = '/') -> int:
         """Messages ready in ``queue`` (not delivered or unacked)."""
         with self.lock:
             return len(self.vhost(vhost).queues[queue].ready)
 
-    def consumer_count(self, queue, vhost='/'):
+    def consumer_count(self, queue: str, vhost: str = '/') -> int:
         with self.lock:
             return len(self.vhost(vhost).queues[queue].consumers)
 
-    def connection_count(self):
+    def connection_count(self) -> int:
         with self.lock:
             return len(self.peers)
 
-    def reset(self):
+    def reset(self) -> None:
         """Close every connection (``CONNECTION_FORCED``, as a broker
         shutdown does) and forget every exchange and queue."""
         with self.lock:
@@ -496,7 +505,7 @@ _brokers = {}
 _brokers_lock = threading.Lock()
 
 
-def broker(name=DEFAULT_NAME):
+def broker(name: str = DEFAULT_NAME) -> Broker:
     """The broker of ``memory://NAME`` (made on first use)."""
     with _brokers_lock:
         found = _brokers.get(name)
@@ -505,7 +514,7 @@ def broker(name=DEFAULT_NAME):
         return found
 
 
-def reset(name=None):
+def reset(name: str | None = None) -> None:
     """Reset the broker ``name`` (every broker if None): its connections
     are closed, its exchanges and queues forgotten."""
     with _brokers_lock:
@@ -1305,7 +1314,7 @@ class Connection(BlockAwareConnection):
         return MemoryTransport(broker(broker_name(host)), self)
 
 
-def broker_name(host):
+def broker_name(host: str | None) -> str:
     name = host or DEFAULT_NAME
     if name.startswith(f'{SCHEME}://'):
         name = name[len(SCHEME) + 3:].split('/')[0]
@@ -1315,7 +1324,9 @@ def broker_name(host):
     return name or DEFAULT_NAME
 
 
-def parse_url(url, options=None):
+def parse_url(url: str,
+              options: Callable[[str], Mapping[str, Any]] | None = None
+              ) -> dict[str, Any]:
     """The settings of a ``memory://NAME/vhost?option=...`` URL, for
     zamqp.props (``options`` parses the query)."""
     parts = urlsplit(url)

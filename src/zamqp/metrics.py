@@ -24,14 +24,28 @@ No label and no value carries a password or a signing secret: brokers
 are shown as ``host:port/vhost`` and error texts are scrubbed of the
 secrets of their props.
 """
+from __future__ import annotations
+
 import http.server
 import itertools
 import threading
 import weakref
+from typing import TYPE_CHECKING
+from typing import Any
 
 from zope.interface import implementer
 
 from zamqp.interfaces import IClientMetrics
+
+if TYPE_CHECKING:
+    from typing import Callable
+    from typing import Iterable
+    from typing import Iterator
+    from typing import Mapping
+
+    from zamqp.consumer import AMQPConsumer
+    from zamqp.producer import AMQPProducer
+    from zamqp.props import AMQPProps
 
 #: The counters of a producer and of a consumer, in the order rendered:
 #: (name in ClientMetrics.counters, HELP text).
@@ -79,7 +93,7 @@ _sequence = itertools.count()
 _lock = threading.Lock()
 
 
-def register(obj):
+def register(obj: object) -> None:
     """Add a producer or consumer to the registry (their ``__init__``
     calls it); a weak reference, so it never keeps ``obj`` alive. Dead
     references are dropped here and by ``registered()`` (not by weakref
@@ -97,7 +111,7 @@ def _prune():
             del _registry[number]
 
 
-def unregister(obj):
+def unregister(obj: object) -> None:
     """Take ``obj`` out of the registry (it need not be in it)."""
     with _lock:
         for number, ref in list(_registry.items()):
@@ -105,7 +119,7 @@ def unregister(obj):
                 del _registry[number]
 
 
-def registered():
+def registered() -> list[Any]:
     """The live registered producers and consumers, oldest first."""
     with _lock:
         _prune()
@@ -118,8 +132,10 @@ class ClientMetrics:
     """What one producer or consumer counted, as plain values (see
     IClientMetrics)."""
 
-    def __init__(self, kind, name, exchange, queue, broker, counters,
-                 backlog, state, last_error):
+    def __init__(self, kind: str, name: str, exchange: str,
+                 queue: str | None, broker: str, counters: dict[str, int],
+                 backlog: int | None, state: str | None,
+                 last_error: str | None) -> None:
         self.kind = kind
         self.name = name
         self.exchange = exchange
@@ -131,17 +147,18 @@ class ClientMetrics:
         self.last_error = last_error
 
     @property
-    def labels(self):
+    def labels(self) -> dict[str, str]:
         return {label: str(getattr(self, label) or '') for label in LABELS}
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__, counters=dict(self.counters))
 
     def __repr__(self):
         return f'<ClientMetrics {self.kind} {self.name!r} {self.state}>'
 
 
-def snapshot(obj, name=None):
+def snapshot(obj: AMQPProducer | AMQPConsumer,
+             name: str | None = None) -> ClientMetrics:
     """The ClientMetrics of one producer or consumer now; ``name``
     (default: the name it was made with) labels it."""
     props = obj.props
@@ -165,7 +182,7 @@ def snapshot(obj, name=None):
         scrub(status.get('last_error'), props))
 
 
-def collect(names=None):
+def collect(names: Mapping[int, str] | None = None) -> list[ClientMetrics]:
     """A ClientMetrics for every live registered producer and consumer,
     oldest first. ``names`` (optional) maps ``id(obj)`` to the name to
     label an object with (the Zope view passes the ZCML names)."""
@@ -179,7 +196,7 @@ def collect(names=None):
     return found
 
 
-def secrets(props):
+def secrets(props: AMQPProps) -> list[str]:
     """The texts of ``props`` that must never be shown: the password
     and the signing secrets."""
     found = [getattr(props, 'password', None),
@@ -189,7 +206,7 @@ def secrets(props):
                   key=len, reverse=True)
 
 
-def scrub(text, props):
+def scrub(text: object, props: AMQPProps) -> str | None:
     """``text`` with each secret of ``props`` replaced by ``***`` (None
     stays None)."""
     if text is None:
@@ -202,19 +219,20 @@ def scrub(text, props):
 
 # the Prometheus text exposition format
 
-def escape_label(value):
+def escape_label(value: object) -> str:
     """A label value as the text format wants it inside double quotes:
     backslash, double quote and line feed escaped."""
     return (str(value).replace('\\', '\\\\').replace('"', '\\"')
             .replace('\n', '\\n'))
 
 
-def escape_help(text):
+def escape_help(text: object) -> str:
     """HELP text: backslash and line feed escaped."""
     return str(text).replace('\\', '\\\\').replace('\n', '\\n')
 
 
-def families(metrics):
+def families(metrics: Iterable[ClientMetrics]) -> list[
+        tuple[str, str, str, list[tuple[dict[str, str], int]]]]:
     """``(name, type, help, [(labels, value), ...])`` for the metrics
     of ``metrics`` (ClientMetrics): what ``render`` and ``Collector``
     write. Only families with samples; a name that repeats its labels
@@ -275,7 +293,7 @@ def _unique(metrics):
     return unique
 
 
-def render(metrics=None):
+def render(metrics: Iterable[ClientMetrics] | None = None) -> str:
     """The Prometheus text exposition format (0.0.4) of ``metrics``
     (ClientMetrics; default: ``collect()``): ``# HELP`` and ``# TYPE``
     lines, then one sample per producer or consumer. Send it with
@@ -301,10 +319,11 @@ class Collector:
     ``register_collector()``. prometheus_client is imported only when
     this collects."""
 
-    def __init__(self, source=None):
+    def __init__(self, source: Callable[[], Iterable[ClientMetrics]]
+                 | None = None) -> None:
         self.source = source or collect
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily
         from prometheus_client.core import GaugeMetricFamily
         for name, kind, help_text, samples in families(self.source()):
@@ -318,7 +337,7 @@ class Collector:
                 family.add_metric(list(labels.values()), value)
             yield family
 
-    def describe(self):
+    def describe(self) -> list[Any]:
         return []           # samples vary with the producers alive
 
 
@@ -326,7 +345,7 @@ def _label_names(samples):
     return list(samples[0][0])
 
 
-def register_collector(registry=None):
+def register_collector(registry: Any = None) -> Collector:
     """Register a Collector with ``registry`` (default: prometheus_client's
     REGISTRY) and return it (``registry.unregister(it)`` undoes it)."""
     if registry is None:
@@ -360,7 +379,9 @@ class MetricsServer:
     """The endpoint ``serve()`` started: ``host``, ``port``, ``url``
     (``http://host:port/metrics``); ``stop()`` closes it."""
 
-    def __init__(self, port, host='127.0.0.1', source=None):
+    def __init__(self, port: int, host: str = '127.0.0.1',
+                 source: Callable[[], Iterable[ClientMetrics]]
+                 | None = None) -> None:
         self.httpd = http.server.ThreadingHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.source = source or collect
@@ -371,10 +392,10 @@ class MetricsServer:
         self.thread.start()
 
     @property
-    def url(self):
+    def url(self) -> str:
         return f'http://{self.host}:{self.port}/metrics'
 
-    def stop(self, timeout=2.0):
+    def stop(self, timeout: float = 2.0) -> bool:
         """Stop serving and close the socket; True once the thread
         ended."""
         self.httpd.shutdown()
@@ -382,17 +403,19 @@ class MetricsServer:
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
-    def __enter__(self):
+    def __enter__(self) -> MetricsServer:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def __repr__(self):
         return f'<MetricsServer {self.url}>'
 
 
-def serve(port, host='127.0.0.1', source=None):
+def serve(port: int, host: str = '127.0.0.1',
+          source: Callable[[], Iterable[ClientMetrics]] | None = None
+          ) -> MetricsServer:
     """Serve ``render()`` at ``http://host:port/metrics`` (and ``/``) from
     a daemon thread and return the MetricsServer (``stop()`` ends it).
     ``host`` is loopback by default: give ``'0.0.0.0'`` only where the

@@ -1,4 +1,6 @@
 """AMQPProducer: publishes serialized messages on one reused connection."""
+from __future__ import annotations
+
 import collections
 import itertools
 import logging
@@ -7,6 +9,8 @@ import socket
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
+from typing import Any
 
 import amqp
 from amqp import exceptions as amqp_errors
@@ -29,6 +33,13 @@ from zamqp.logtext import broker_closed
 from zamqp.status import ProducerStats
 from zamqp import metrics as _metrics
 from zamqp import tracing as _tracing
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Iterable
+
+    from zamqp.props import AMQPProps
+    from zamqp.props import DeclareMode
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +83,15 @@ class Batch:
     or not confirmed in time. With ``confirm=False`` it only publishes.
     """
 
-    def __init__(self, producer):
+    def __init__(self, producer: AMQPProducer) -> None:
         self.producer = producer
         self.records = []
         self.outstanding = 0
         self.ids = []
         self._previous = None
 
-    def __call__(self, obj, routing_key=None, headers=None):
+    def __call__(self, obj: object, routing_key: str | None = None,
+                 headers: dict[str, Any] | None = None) -> str:
         """Publish ``obj`` like the producer does; return its id."""
         message_id = self.producer(obj, routing_key, headers)
         self.ids.append(message_id)
@@ -96,13 +108,15 @@ class Batch:
         self.records.remove(record)
         record.resolve(_window_module.FAILED)
 
-    def __enter__(self):
+    def __enter__(self) -> Batch:
         local = self.producer._local
         self._previous = getattr(local, 'batch', None)
         local.batch = self
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.producer._local.batch = self._previous
         if exc_type is None:
             self.wait()
@@ -112,7 +126,7 @@ class Batch:
         except PublishFailed as failure:   # do not hide the first error
             logger.error('%s', failure)
 
-    def wait(self):
+    def wait(self) -> None:
         """Wait for the confirms of this batch's messages."""
         if self.records:
             self.producer._confirm(self.records, self.outstanding_count)
@@ -231,10 +245,14 @@ class AMQPProducer:
     #: Seconds between the keeper thread's rounds.
     KEEP_INTERVAL = 0.25
 
-    def __init__(self, queue, props, routing_key=None, serializer='pickle',
-                 persistent=False, transactional=False, confirm=None,
-                 confirm_timeout=None, mandatory=False, window=WINDOW,
-                 declare=None, compression=None):
+    def __init__(self, queue: str, props: AMQPProps,
+                 routing_key: str | None = None, serializer: str = 'pickle',
+                 persistent: bool = False, transactional: bool = False,
+                 confirm: bool | None = None,
+                 confirm_timeout: float | None = None,
+                 mandatory: bool = False, window: int = WINDOW,
+                 declare: DeclareMode | None = None,
+                 compression: str | None = None) -> None:
         if confirm not in (None, True, False):
             raise ValueError(f'confirm must be None, True or False, got '
                              f'{confirm!r}')
@@ -273,18 +291,19 @@ class AMQPProducer:
         _metrics.register(self)
 
     @property
-    def timeout(self):
+    def timeout(self) -> float:
         """Seconds a publish may take (``confirm_timeout``)."""
         return self.confirm_timeout
 
-    def __call__(self, message, routing_key=None, headers=None):
+    def __call__(self, message: object, routing_key: str | None = None,
+                 headers: dict[str, Any] | None = None) -> str:
         msg = self.message(message, headers)
         key = self.routing_key if routing_key is None else routing_key
         if not (self.transactional and _transactional.defer(self, msg, key)):
             self.publish_now(msg, key)
         return msg.properties['message_id']
 
-    def publish_now(self, msg, routing_key):
+    def publish_now(self, msg: amqp.Message, routing_key: str) -> None:
         """Publish the amqp.Message ``msg`` (see ``message``) now.
 
         With ``confirm=True``, wait for its confirm, or leave that to
@@ -315,11 +334,13 @@ class AMQPProducer:
         if waits:
             self._check([record], cause)
 
-    def batch(self):
+    def batch(self) -> Batch:
         """A Batch: ``with producer.batch() as batch: batch(obj)``."""
         return Batch(self)
 
-    def publish_many(self, objects, routing_key=None, headers=None):
+    def publish_many(self, objects: Iterable[object],
+                     routing_key: str | None = None,
+                     headers: dict[str, Any] | None = None) -> list[str]:
         """Publish every object, wait once for all confirms; return the
         message ids (NotConfirmed lists those that failed)."""
         with self.batch() as batch:
@@ -327,7 +348,8 @@ class AMQPProducer:
                 batch(obj, routing_key, headers)
         return batch.ids
 
-    def message(self, obj, headers=None):
+    def message(self, obj: object,
+                headers: dict[str, Any] | None = None) -> amqp.Message:
         """The py-amqp message that carries ``obj`` (signed when the
         props have a secret)."""
         extra = {} if headers is None else \
@@ -616,7 +638,8 @@ class AMQPProducer:
 
     # publish on commit (no waiting in the request thread)
 
-    def publish_committed(self, msg, routing_key):
+    def publish_committed(self, msg: amqp.Message,
+                          routing_key: str) -> None:
         """Publish ``msg`` for a transaction that committed (see
         zamqp.transactional), without holding up the thread.
 
@@ -806,7 +829,7 @@ class AMQPProducer:
             if self.confirm is None:
                 self._check_stall(time.monotonic())
 
-    def status(self):
+    def status(self) -> dict[str, Any]:
         """What the producer last knew, for status pages: ``state``
         (``idle``: never connected; ``connected``; ``disconnected``: the
         connection was lost, the next publish or the keeper reconnects;
@@ -828,7 +851,7 @@ class AMQPProducer:
         return dict(self.stats.snapshot(), state=state,
                     unconfirmed=len(self.window) + len(self._later))
 
-    def flush(self, timeout=None):
+    def flush(self, timeout: float | None = None) -> None:
         """Wait until the broker confirmed every message sent so far.
 
         At most ``timeout`` seconds (default: ``confirm_timeout``),
@@ -890,7 +913,7 @@ class AMQPProducer:
                 f'{self.props.exchange!r} on {self.props.url()} failed: '
                 + '; '.join(parts))
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """Flush (see ``flush``; ``timeout`` default
         ``confirm_timeout``), then close the connection.
 
@@ -925,10 +948,12 @@ class AMQPProducer:
         if failure is not None:
             raise failure
 
-    def __enter__(self):
+    def __enter__(self) -> AMQPProducer:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
             return

@@ -1,7 +1,11 @@
 """AMQPProps: connection and exchange settings, from keywords or a URL."""
+from __future__ import annotations
+
 import difflib
 import os
 import warnings
+from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import parse_qsl
 from urllib.parse import quote
 from urllib.parse import unquote
@@ -17,6 +21,19 @@ from zamqp.exceptions import ConfigurationError
 from zamqp.interfaces import IAMQPProps
 from zamqp.signing import Signer
 from zamqp.unpickling import AllowRules
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+    from types import ModuleType
+    from typing import Callable
+    from typing import Iterable
+    from typing import Literal
+    from typing import Union
+
+    # hints only: what allow=... and signed_allow=... take
+    AllowItem = Union[str, type, ModuleType, Callable[..., Any]]
+    AllowSpec = Union[AllowRules, AllowItem, Iterable[AllowItem]]
+    DeclareMode = Union[bool, Literal['passive']]
 
 EXCHANGE_TYPES = ('fanout', 'direct', 'topic', 'headers')
 DEFAULTS = dict(
@@ -119,21 +136,58 @@ class AMQPProps:
     """
 
     #: The broker name of a ``memory://`` URL (zamqp.memory), else None.
-    memory = None
+    memory: str | None = None
 
-    def __init__(self, host=None, user=None, password=None, ssl=None,
-                 exchange='zamqp.broadcast.fanout', type='fanout',
-                 realm=_REALM_UNSET, port=None, virtual_host=None,
-                 heartbeat=None, connect_timeout=None, timeout=None,
-                 url=None, accept=('pickle', 'json'), allow=(),
-                 hosts=None, ca_file=None, cert_file=None, key_file=None,
-                 server_hostname=None, verify=None, secret=None,
-                 accepted_secrets=(), secret_env=None,
-                 accept_unsigned=False, signed_allow=(),
-                 signature_max_age=None, max_size=limits.MAX_SIZE,
-                 max_depth=limits.MAX_DEPTH, declare=True,
-                 exchange_arguments=None, connection_name=None,
-                 channel_max=None, frame_max=None, auth_mechanism=None):
+    # hints only (no class attributes): settings __init__ sets from
+    # DEFAULTS and the URL
+    host: str
+    port: int
+    user: str
+    password: str
+    virtual_host: str
+    ssl: bool | SSLContext
+    heartbeat: float
+    connect_timeout: float
+    timeout: float
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    server_hostname: str | None
+    verify: bool
+    connection_name: str | None
+    channel_max: int | None
+    frame_max: int | None
+    auth_mechanism: str | None
+
+    def __init__(
+            self, host: str | None = None, user: str | None = None,
+            password: str | None = None,
+            ssl: bool | SSLContext | None = None,
+            exchange: str = 'zamqp.broadcast.fanout', type: str = 'fanout',
+            realm: object = _REALM_UNSET, port: int | None = None,
+            virtual_host: str | None = None,
+            heartbeat: float | None = None,
+            connect_timeout: float | None = None,
+            timeout: float | None = None, url: str | None = None,
+            accept: str | Iterable[str] = ('pickle', 'json'),
+            allow: AllowSpec = (),
+            hosts: str | Iterable[str | tuple[str, int]] | None = None,
+            ca_file: str | os.PathLike[str] | None = None,
+            cert_file: str | os.PathLike[str] | None = None,
+            key_file: str | os.PathLike[str] | None = None,
+            server_hostname: str | None = None, verify: bool | None = None,
+            secret: str | bytes | None = None,
+            accepted_secrets: str | bytes | Iterable[str | bytes] = (),
+            secret_env: str | None = None, accept_unsigned: bool = False,
+            signed_allow: AllowSpec = (),
+            signature_max_age: float | None = None,
+            max_size: int | None = limits.MAX_SIZE,
+            max_depth: int | None = limits.MAX_DEPTH,
+            declare: DeclareMode = True,
+            exchange_arguments: dict[str, Any] | None = None,
+            connection_name: str | None = None,
+            channel_max: int | None = None, frame_max: int | None = None,
+            auth_mechanism: str | None = None) -> None:
         if realm is not _REALM_UNSET:
             warnings.warn(
                 "AMQPProps(realm=...) is ignored: access realms were "
@@ -212,7 +266,7 @@ class AMQPProps:
             Signer(secret, accepted, max_age)
 
     @classmethod
-    def from_url(cls, url, **kw):
+    def from_url(cls, url: str, **kw: Any) -> AMQPProps:
         """Props from an ``amqp://`` or ``amqps://`` URL (and keywords)."""
         return cls(url=url, **kw)
 
@@ -264,7 +318,7 @@ class AMQPProps:
         serializers.check_names(self.accept, 'AMQPProps(accept=...)')
         tls.check(self)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> AMQPProps:
         """New props with the same settings but ``changes``."""
         settings = {name: getattr(self, name)
                     for name in (*DEFAULTS, *MESSAGE_SETTINGS)}
@@ -278,16 +332,16 @@ class AMQPProps:
         return AMQPProps(**settings)
 
     @property
-    def address(self):
+    def address(self) -> str:
         """``host:port`` as py-amqp wants it (the first broker's)."""
         return self.addresses[0]
 
     @property
-    def addresses(self):
+    def addresses(self) -> list[str]:
         """``host:port`` of every broker, in the configured order."""
         return [_address(host, port) for host, port in self.hosts]
 
-    def candidates(self):
+    def candidates(self) -> list[str]:
         """The addresses to try for a new connection, in order.
 
         The first connection tries the brokers in the configured order;
@@ -299,13 +353,13 @@ class AMQPProps:
         start = self._next % len(addresses)
         return addresses[start:] + addresses[:start]
 
-    def connected(self, address):
+    def connected(self, address: str) -> None:
         """Record that a connection to ``address`` was made."""
         addresses = self.addresses
         if address in addresses:
             self._next = addresses.index(address) + 1
 
-    def url(self, address=None):
+    def url(self, address: str | None = None) -> str:
         """The URL of these props (or of the broker at ``address``), with
         the password left out."""
         vhost = quote(self.virtual_host, safe='')

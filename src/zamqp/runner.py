@@ -1,17 +1,25 @@
 """The runner of 1.0b2: one event consumer thread per process."""
+from __future__ import annotations
+
 import atexit
 import threading
+from typing import TYPE_CHECKING
+from typing import Any
 
 from zamqp.consumer import AMQPConsumer
 from zamqp.consumer import AMQPThread
 from zamqp.events import AMQPEventCallback
+
+if TYPE_CHECKING:
+    from zamqp.props import AMQPProps
 
 _lock = threading.Lock()
 _thread = None
 _atexit_registered = False
 
 
-def create_consumer(props, queue, **consumer_options):
+def create_consumer(props: AMQPProps, queue: str,
+                    **consumer_options: Any) -> AMQPThread:
     """Start a thread that notifies every AMQPEvent payload sent to
     ``queue`` on ``props.exchange`` as a local zope event.
 
@@ -33,7 +41,7 @@ def create_consumer(props, queue, **consumer_options):
         return _thread
 
 
-def close():
+def close() -> None:
     """Stop the consumer started by ``create_consumer``, if any."""
     global _thread
     thread, _thread = _thread, None
