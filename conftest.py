@@ -80,7 +80,6 @@ ZOPE_TESTS = frozenset([
     'src/zamqp/tests/test_status_report.py',
     'src/zamqp/tests/test_status_views.py',
     'src/zamqp/tests/test_untyped_option.py',
-    'src/zamqp/tests/test_untyped_option.py',
     'src/zamqp/tests/test_zconsole.py',
     'src/zamqp/tests/test_zope_instances.py',
     'src/zamqp/tests/test_zope_options.py',
