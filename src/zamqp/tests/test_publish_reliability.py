@@ -28,9 +28,10 @@ from zamqp.tests import brokers
 from zamqp.tests.brokers import report
 from zamqp.tests.proxy import Proxy
 
-pytestmark = pytest.mark.skipif(
+# slow: 60 to 110 s each (a minute of alarm or stall, a kill -9)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     brokers.missing(), reason='RabbitMQ is not installed on this machine '
-    '(ZAMQP_TEST_URL points elsewhere); CI requires it')
+    '(ZAMQP_TEST_URL points elsewhere); CI requires it')]
 
 ALARM = 60.0        # seconds each alarm lasts
 STALL = 30.0        # seconds the proxy stalls
