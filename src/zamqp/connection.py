@@ -67,6 +67,9 @@ def explain(exc, props, operation, address=None):
             f"{operation}: {where} refused virtual host "
             f"{props.virtual_host!r} ({exc.reply_text}): check "
             "virtual_host and the user's permissions", recoverable=False)
+    if isinstance(exc, amqp_errors.PreconditionFailed) and \
+            operation not in ('connect', 'declare'):
+        return ConnectionFailed(f"{operation}: {where}: {broker_closed(exc)}")
     if isinstance(exc, amqp_errors.PreconditionFailed):
         return ConnectionFailed(
             f"{operation}: {where} refused the declaration "

@@ -578,8 +578,8 @@ class AMQPProducer:
                 f" not sent: {self.props.url()} blocks publishers "
                 f"({reason!r}) and did not unblock within "
                 f"{self.confirm_timeout} s (confirm_timeout); free memory "
-                "or disk on the broker, or raise its vm_memory_high_"
-                "watermark / disk_free_limit", reason)
+                "or disk on the broker, or change its limits (raise "
+                "vm_memory_high_watermark, lower disk_free_limit)", reason)
         return PublishFailed(
             f"basic_publish: {what} to exchange {self.props.exchange!r} "
             f"not sent: {len(self.window)} messages (window) are still "

@@ -433,8 +433,9 @@ def parse_url(url):
         return memory.parse_url(url, _url_options)
     if parts.scheme not in ('amqp', 'amqps'):
         raise ConfigurationError(
-            f"URL scheme {parts.scheme!r} is not amqp or amqps: write the "
-            "URL as amqp://user:password@host:port/vhost")
+            f"URL scheme {parts.scheme!r} is not amqp, amqps or memory: "
+            "write the URL as amqp://user:password@host:port/vhost (or "
+            "memory:// for a broker in this process, in tests)")
     settings = {'ssl': parts.scheme == 'amqps'}
     if '@' in parts.path or '@' in parts.query:
         raise ConfigurationError(

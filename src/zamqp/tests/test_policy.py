@@ -311,3 +311,29 @@ def test_copies_of_bodiless_messages_have_bytes_bodies():
                  deadletter.retry_copy(msg)):
         assert copy.body == b''
         copy._serialize_properties()    # writable
+
+
+# Explaining broker refusals
+
+@pytest.mark.parametrize('operation', ['consume', 'basic_consume'])
+def test_a_precondition_failed_outside_declarations_is_quoted(operation):
+    from zamqp import AMQPProps
+    from zamqp.connection import explain
+    exc = amqp.exceptions.PreconditionFailed(
+        'PRECONDITION_FAILED - unknown delivery tag 7', (60, 80), 406)
+    failed = explain(exc, AMQPProps(url='amqp://u:secret@rabbit/'),
+                     operation)
+    text = str(failed)
+    assert 'declaration' not in text and 'secret' not in text
+    assert 'unknown delivery tag 7' in text and '406' in text
+    assert failed.recoverable
+
+
+def test_a_precondition_failed_declaring_names_the_declaration():
+    from zamqp import AMQPProps
+    from zamqp.connection import explain
+    exc = amqp.exceptions.PreconditionFailed(
+        "PRECONDITION_FAILED - inequivalent arg 'durable'", (50, 10), 406)
+    failed = explain(exc, AMQPProps(), 'declare')
+    assert 'refused the declaration' in str(failed)
+    assert not failed.recoverable

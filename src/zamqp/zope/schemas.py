@@ -60,7 +60,13 @@ class Declare(Bool):
     def fromUnicode(self, value):
         if value.strip().lower() == 'passive':
             return 'passive'
-        return super().fromUnicode(value)
+        try:
+            return super().fromUnicode(value)
+        except NotABoolean as exc:
+            raise InvalidValue(
+                f'{value!r} is not a boolean or passive: use one of '
+                f'{"/".join(TRUE)}, {"/".join(FALSE)} or passive'
+            ).with_field_and_value(self, value) from exc
 
 
 class ExchangeType(TextLine):

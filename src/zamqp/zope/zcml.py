@@ -62,8 +62,8 @@ def connection(_context, name='default', **given):
     if name.lower() == settings.CONSUMER_PREFIX.rstrip('.'):
         raise ConfigurationError(
             f"a connection cannot be named {name!r}: zope.conf's "
-            f"'{settings.CONSUMER_PREFIX}...' keys are the consumers'; "
-            'choose another name')
+            f"'{settings.CONSUMER_PREFIX}<name>.<key>' keys are the "
+            "consumers'; choose another name")
     given = {k: v for k, v in given.items() if v is not None}
     _check(settings.connection_props, name, given, with_overrides=True)
     _context.action(discriminator=('zamqp:connection', name),
