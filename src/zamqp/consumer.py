@@ -483,6 +483,10 @@ class AMQPConsumer:
                     self.callback(body, message)
                 else:
                     self.callback(body)
+        except MessageRefused as exc:   # the callback refused it: no retry
+            if not self._given_back(message, exc):
+                self._refused(message, exc)
+            return
         except BaseException as exc:    # a handler's SystemExit too
             if self._given_back(message, exc):
                 return

@@ -4,6 +4,7 @@ import pytest
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import deadletter
+from zamqp.exceptions import MessageRefused
 from zamqp import session as session_module
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
@@ -249,5 +250,33 @@ def test_bodiless_message_with_a_content_encoding_is_dead_lettered(
             dead[0].headers[deadletter.ERROR]
         status = consumer.status()
         assert status['crashes'] == 0 and status['reconnects'] == 0
+    finally:
+        admin.delete_queue(consumer.queue)
+
+
+def test_a_callback_refusing_a_message_dead_letters_it_without_retries(
+        props, start, producer, admin):
+    calls = []
+
+    def callback(body):
+        calls.append(body)
+        if body == 'unwanted':
+            raise MessageRefused('not for us: unknown event class')
+
+    consumer = AMQPConsumer(unique('refusing'), props, callback,
+                            shared=True, max_retries=3)
+    start(consumer)
+    for body in ('unwanted', 'after'):
+        producer(body, routing_key=consumer.queue)
+    try:
+        assert wait_for(lambda: 'after' in calls)
+        dead = []
+        assert wait_for(lambda: dead.extend(dead_letters(admin, props))
+                        or dead)
+        assert calls.count('unwanted') == 1     # refused, never retried
+        assert 'not for us' in dead[0].headers[deadletter.ERROR]
+        status = consumer.status()
+        assert status['refused'] == 1 and status['retried'] == 0
+        assert status['dead_lettered'] == 1
     finally:
         admin.delete_queue(consumer.queue)
