@@ -35,6 +35,8 @@ def broker_closed(exc):
     code = getattr(exc, 'reply_code', None)
     if not isinstance(exc, amqp_errors.AMQPError) or not code:
         return None
+    if getattr(exc, 'method_sig', None) is None:
+        return None     # raised here (a broken frame), not sent by it
     what = ('connection' if isinstance(exc, amqp_errors.ConnectionError)
             else 'channel')
     method = getattr(exc, 'method_name', None)

@@ -182,6 +182,9 @@ def test_broker_closed_text():
                                       'Queue.declare): 404 NOT_FOUND - no '
                                       'queue')
     assert broker_closed(ConnectionResetError(104, 'reset')) is None
+    # raised by the frame reader here: the broker closed nothing
+    assert broker_closed(amqp_errors.FrameSyntaxError(
+        'content header of 3 bytes on channel 1: too short')) is None
 
 
 # real producers and consumers on the shared broker
