@@ -148,7 +148,7 @@ class ContentInstancesTests(instances.InstancesTestCase):
             self.alpha.get('@@zamqp-unpicklable')
         self.assertEqual(raised.exception.code, 500)
         self.assertTrue(wait_for(lambda: re.search(
-            r"ERROR \[zamqp:\d+\]\[\S+\] <zamqp:broadcast "
+            r"ERROR \[zamqp\.zope\.delivery:\d+\]\[\S+\] <zamqp:broadcast "
             r"for='zamqp\.tests\.zopeaddon\.interfaces\.INoted' "
             r"producer='addon'> cannot send "
             r"Noted\(<unlocked _thread\.lock .*TypeError: cannot pickle "
