@@ -235,31 +235,6 @@ def _decompressor(method):
     return _Incremental(lzma.LZMADecompressor(memlimit=LZMA_MEMLIMIT))
 
 
-class _Zlib:
-    """zlib or gzip data (the header tells which)."""
-
-    def __init__(self):
-        self._d = zlib.decompressobj(wbits=47)
-        self._tail = b''
-
-    def step(self, data, room):
-        chunk = self._d.decompress(self._tail + data, room)
-        self._tail = self._d.unconsumed_tail
-        return chunk
-
-    @property
-    def pending(self):
-        return bool(self._tail)
-
-    @property
-    def eof(self):
-        return self._d.eof
-
-    @property
-    def unused(self):
-        return self._d.unused_data
-
-
 class _Incremental:
     """bz2 or lzma decompressors (they keep unread input themselves)."""
 
@@ -280,3 +255,21 @@ class _Incremental:
     @property
     def unused(self):
         return self._d.unused_data
+
+
+class _Zlib(_Incremental):
+    """zlib or gzip data (the header tells which); zlib hands unread
+    input back, so it is kept here."""
+
+    def __init__(self):
+        super().__init__(zlib.decompressobj(wbits=47))
+        self._tail = b''
+
+    def step(self, data, room):
+        chunk = self._d.decompress(self._tail + data, room)
+        self._tail = self._d.unconsumed_tail
+        return chunk
+
+    @property
+    def pending(self):
+        return bool(self._tail)

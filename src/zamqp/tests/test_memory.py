@@ -28,21 +28,6 @@ def url():
     memory.reset(name)
 
 
-@pytest.fixture
-def start():
-    started = []
-
-    def start(consumer):
-        thread = AMQPThread(consumer)
-        started.append(thread)
-        thread.start()
-        return thread
-
-    yield start
-    for thread in started:
-        thread.stop()
-
-
 def connect(url):
     props = AMQPProps(url=url)
     connection = memory.Connection(props.address,
