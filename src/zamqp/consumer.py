@@ -19,6 +19,7 @@ from zamqp.exceptions import ConnectionFailed
 from zamqp import metrics as _metrics
 from zamqp import tracing as _tracing
 from zamqp.exceptions import MessageRefused
+from zamqp.exceptions import OffsetStoreError
 from zamqp.interfaces import IConsumer
 from zamqp.logtext import loggable
 from zamqp.logtext import message_id as _message_id
@@ -31,6 +32,7 @@ from zamqp.serializers import Decoder
 from zamqp.session import Session
 from zamqp.session import WorkerDied
 from zamqp.status import ConsumerStatus
+from zamqp import streams as _streams
 from zamqp.status import State
 from zamqp.unpickling import AllowRules
 from zamqp.worker import Worker
@@ -126,6 +128,27 @@ class AMQPConsumer:
     with backoff and goes on. Only an error a setting must fix (a refused
     login, a declaration that conflicts) ends it, in state FAILED.
     ``status()`` tells its state, last error and counts.
+
+    Stream reader (``stream=True``, see docs/streams.rst): ``queue`` is
+    a durable stream queue (``x-queue-type: stream``) every reader of
+    it reads in full, each from its own position, so a reader that was
+    away receives everything published meanwhile, in order. ``reader``
+    names the reader, the same across restarts (required); ``offsets``
+    is a directory where its position is kept, or an IOffsetStore.
+    ``start`` tells where a reader without a saved position begins:
+    'next' (default), 'first', 'last', an offset, an interval such as
+    '1h', or a timezone-aware datetime (or ISO text). The position
+    advances after the callback returned, so after a crash a reader
+    sees the messages since its last saved position again (at least
+    once; positions are saved every ``prefetch // 10`` messages, each
+    second and on stop). A failing callback is called again in the
+    reader, ``max_retries`` times, then its message is dead-lettered
+    (default exchange ``<exchange>.dead``) and the reader goes on; an
+    undecodable message is dead-lettered at once; nothing is requeued.
+    Retention of the stream: ``max_age`` (an interval, default '7D'),
+    ``max_length_bytes`` (default 1 GB) and ``max_segment_size_bytes``
+    (default 50 MB); None: no such limit. Every reader of a stream must
+    give the same retention (the broker refuses a different one).
     """
 
     stop_timeout = 2.0      # seconds a running handler gets after stop()
@@ -149,26 +172,58 @@ class AMQPConsumer:
             untyped: Literal['refuse', 'json', 'bytes'] | None = None,
             declare: DeclareMode | None = None,
             queue_arguments: dict[str, Any] | None = None,
-            binding_arguments: dict[str, Any] | None = None) -> None:
+            binding_arguments: dict[str, Any] | None = None,
+            stream: bool = False, reader: str | None = None,
+            offsets: object = None, start: _streams.Start = _DEFAULT,
+            max_age: str | None = _DEFAULT,
+            max_length_bytes: int | None = _DEFAULT,
+            max_segment_size_bytes: int | None = _DEFAULT) -> None:
         self.queue = queue
         self.props = props
         self.callback = callback
         self.shared = shared
-        self.queue_name = queue if shared else f'{queue}.{uuid.uuid4().hex}'
+        stream_options = {
+            name: value for name, value in (
+                ('start', start), ('max_age', max_age),
+                ('max_length_bytes', max_length_bytes),
+                ('max_segment_size_bytes', max_segment_size_bytes))
+            if value is not _DEFAULT}
+        _check_stream(stream, shared, ack, durable, queue_type, reader,
+                      offsets, stream_options)
+        self.stream = stream
+        self.queue_name = queue if shared or stream \
+            else f'{queue}.{uuid.uuid4().hex}'
         self.routing_key = queue if routing_key is None else routing_key
-        self.ack = shared if ack is None else ack
+        self.ack = bool(shared or stream) if ack is None else ack
         if prefetch is None:
-            prefetch = ACK_PREFETCH if self.ack else TAKE_PREFETCH
+            prefetch = ACK_PREFETCH if self.ack and not stream \
+                else TAKE_PREFETCH
         self.prefetch = _count(prefetch, 'prefetch', 65535)
+        if stream and not prefetch:
+            raise ConfigurationError(
+                'prefetch=0 does not go with stream=True: the broker '
+                'needs a prefetch to send a stream; leave it out or give '
+                'a whole number from 1')
         self.max_retries = _count(max_retries, 'max_retries')
         if dead_letter_exchange is _DEFAULT:
             dead_letter_exchange = f'{props.exchange}.dead' if self.ack \
                 else None
         self.dead_letter_exchange = dead_letter_exchange
-        self.declaration = QueueDeclaration(
-            self.queue_name, shared, durable, queue_type, max_retries,
-            dead_letter_exchange, queue_arguments, binding_arguments,
-            declare)
+        self.reader = None
+        if stream:
+            start = stream_options.pop('start', 'next')
+            self.declaration = _streams.StreamDeclaration(
+                self.queue_name, dead_letter_exchange=dead_letter_exchange,
+                queue_arguments=queue_arguments,
+                binding_arguments=binding_arguments, declare=declare,
+                **stream_options)
+            self.reader = _streams.StreamReader(self.queue_name, reader,
+                                                offsets, start)
+        else:
+            self.declaration = QueueDeclaration(
+                self.queue_name, shared, durable, queue_type, max_retries,
+                dead_letter_exchange, queue_arguments, binding_arguments,
+                declare)
         self.policy = RetryPolicy(self.ack, max_retries, dead_letter_exchange,
                                   Redeliveries())
         self.ack_batch = max(1, prefetch // 10) if prefetch else 25
@@ -215,7 +270,10 @@ class AMQPConsumer:
     def status(self) -> dict[str, Any]:
         """A snapshot of the consumer's state, last error and counts (a
         dict, see zamqp.status.ConsumerStatus)."""
-        return self.stats.snapshot()
+        status = self.stats.snapshot()
+        if self.reader is not None:
+            status.update(self.reader.status())
+        return status
 
     @property
     def state(self) -> State:
@@ -253,6 +311,9 @@ class AMQPConsumer:
             worker.inbox.put(None)
             worker.join(self._remaining())
             worker.close()
+            if self.reader is not None:
+                self.reader.save()
+                self.reader.release()
             if self.state is not State.FAILED:
                 self.stats.enter(State.STOPPED)
 
@@ -261,10 +322,20 @@ class AMQPConsumer:
         setting must change."""
         backoff = Backoff(self.min_backoff, self.max_backoff,
                           self.refused_backoff)
+        if self.reader is not None:
+            try:
+                self.reader.acquire()
+            except OffsetStoreError as exc:
+                self._failed(exc)
+                return
         while not self._stopping.is_set():
             refused = False
             try:
                 self._consume_once(backoff)
+            except OffsetStoreError as exc:
+                self._end_session()
+                self._failed(exc)
+                return
             except ConnectionFailed as exc:
                 if not self._failed(exc):
                     self.stats.enter(State.FAILED, exc)
@@ -322,6 +393,8 @@ class AMQPConsumer:
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.close()
+        if self.reader is not None:
+            self.reader.save()      # what was settled before the loss
 
     def _connected(self):
         self.error = None
@@ -469,6 +542,9 @@ class AMQPConsumer:
 
     def handle(self, message: amqp.Message) -> None:
         """Decode ``message``, call the callback, record the verdict."""
+        if self.reader is not None:
+            self._read(message)
+            return
         results = self.worker.results
         if not self.ack:
             results.append((Verdict.ACK, message, None))  # at most once
@@ -506,6 +582,73 @@ class AMQPConsumer:
         self.policy.redeliveries.forget(message)
         if self.ack:
             results.append((Verdict.ACK, message, None))
+
+    def _read(self, message):
+        """A stream reader's handle: skip what was handled before, call
+        the callback (again, up to ``max_retries`` times, if it raises),
+        then record the verdict; the position follows the verdicts."""
+        results, reader = self.worker.results, self.reader
+        try:
+            offset = _streams.message_offset(message)
+            if reader.seen(offset):
+                self.stats.count('skipped')
+                results.append((Verdict.ACK, message, None))
+                return
+            body = self._decode(message)
+        except MessageRefused as exc:
+            self._refused(message, exc)
+            return
+        attempt = 0
+        while True:
+            try:
+                self._call(body, message)
+            except MessageRefused as exc:
+                if not self._given_back(message, exc):
+                    self._refused(message, exc)
+                return
+            except BaseException as exc:    # a handler's SystemExit too
+                if self._given_back(message, exc):
+                    return
+                attempt += 1
+                if not self._try_again(message, exc, attempt):
+                    return
+                continue
+            break
+        reader.handled(offset)
+        self.stats.count('handled')
+        results.append((Verdict.ACK, message, None))
+
+    def _call(self, body, message):
+        with _tracing.receiving(message):
+            if self.pass_message:
+                self.callback(body, message)
+            else:
+                self.callback(body)
+
+    def _try_again(self, message, exc, attempt):
+        """After the callback failed ``attempt`` times: whether to call
+        it again (after a pause); else its verdict is recorded (or, when
+        stopping, the message is left for the next run)."""
+        self.stats.count('failed')
+        if attempt <= self.max_retries:
+            logger.warning(
+                'consumer %s: callback %r failed on message %s (%s: %s); '
+                'calling it again (retry %d of %d)', self.queue_name,
+                self.callback, _message_id(message), type(exc).__name__,
+                loggable(exc, 200), attempt, self.max_retries)
+            if not self._stopping.wait(_streams.retry_delay(attempt)):
+                return True
+            logger.warning('consumer %s: stopping; message %s is read '
+                           'again when the reader starts again',
+                           self.queue_name, _message_id(message))
+            return False
+        verdict, fate = self.policy.give_up()
+        logger.error('consumer %s: callback %r failed on message %s %d '
+                     'times; the message is %s, the reader goes on',
+                     self.queue_name, self.callback, _message_id(message),
+                     attempt, fate, exc_info=exc)
+        self.worker.results.append((verdict, message, exc))
+        return False
 
     def _decode(self, message):
         """The body's value; MessageRefused before decoding for frames
@@ -584,6 +727,36 @@ def _count(value, setting, maximum=None):
             f'{setting}={value!r} is not a whole number from 0{limit}: fix '
             f'AMQPConsumer({setting}=...)')
     return value
+
+
+def _check_stream(stream, shared, ack, durable, queue_type, reader, offsets,
+                  options):
+    """Refuse stream settings without stream=True, and settings that do
+    not apply to a stream reader."""
+    if not stream:
+        given = [name for name, value in (('reader', reader),
+                                          ('offsets', offsets))
+                 if value is not None] + sorted(options)
+        if given:
+            raise ConfigurationError(
+                f"{', '.join(given)} apply to stream readers only: give "
+                "AMQPConsumer(..., stream=True, reader=..., offsets=...) "
+                "or leave them out")
+        return
+    if stream is not True:
+        raise ConfigurationError(f'stream={stream!r} is not True or False')
+    for setting, value, wrong, why in (
+            ('shared', shared, bool(shared), 'every reader of a stream '
+             'reads all of it; for a work queue (one consumer per '
+             'message) leave stream out'),
+            ('ack', ack, ack is False, "a stream reader's position "
+             'advances after its callback returned; leave ack out'),
+            ('durable', durable, durable is False, 'streams are durable'),
+            ('queue_type', queue_type, queue_type is not None,
+             'stream=True declares a stream')):
+        if wrong:
+            raise ConfigurationError(
+                f'{setting}={value!r} does not go with stream=True: {why}')
 
 
 def _ack_timeout(exc):

@@ -16,6 +16,14 @@ class ConfigurationError(ZAMQPError, ValueError):
     """A setting is wrong; the message names it and how to fix it."""
 
 
+class OffsetStoreError(ZAMQPError):
+    """A stream reader's saved position cannot be read or written (a
+    damaged file, a reader of that name already running); the message
+    names the file or the reader and what to do."""
+
+    recoverable = False
+
+
 class ConnectionFailed(ZAMQPError, ConnectionError):
     """The broker could not be reached, refused the login or the vhost.
 

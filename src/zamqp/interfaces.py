@@ -164,6 +164,31 @@ class IConsumer(Interface):
         """
 
 
+class IOffsetStore(Interface):
+    """Where stream readers keep their positions across restarts.
+
+    A position is the offset of the last message of stream ``stream``
+    that reader ``reader`` is done with (its callback returned, or it
+    was dead-lettered). The reader asks for it when it connects and
+    goes on from the next offset; it saves a new one after callbacks
+    returned, in batches, and when it stops.
+    """
+
+    def load(stream, reader):
+        """The position saved for ``reader`` of ``stream``, or None if
+        there is none (the reader then begins at its ``start``).
+
+        Raises OffsetStoreError when a saved position cannot be read:
+        the reader must not silently begin anywhere else."""
+
+    def save(stream, reader, offset):
+        """Record durably that ``reader`` is done with every message of
+        ``stream`` up to ``offset``; once it returned, a crash does not
+        lose that position. Offsets only grow: a lower one than the
+        position saved is ignored. Raises OSError or OffsetStoreError
+        when it cannot (the reader logs it and tries again later)."""
+
+
 class IAMQPEvent(Interface):
     """An event whose payload is published when it is notified."""
 

@@ -73,6 +73,10 @@ CONSUMER_COUNTERS = (
     ('crashes', 'Unexpected errors in zamqp itself.'),
     ('timeouts', 'Channels the broker closed because a handler outlived '
                  'consumer_timeout.'),
+    ('skipped', 'Stream messages delivered again after they were '
+                'handled, not handed to the handler.'),
+    ('missed', "Stream messages the stream's retention removed before "
+               'the reader read them.'),
 )
 #: The states of each kind, for the ``zamqp_state`` gauge.
 STATES = {

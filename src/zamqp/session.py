@@ -38,11 +38,14 @@ class Session:
         self.conn = connection.connection       # the py-amqp connection
         self.channel = connection.channel
         self.worker = consumer.worker
+        self.reader = reader = consumer.reader
         self.settlement = Settlement(
             self.channel, consumer.queue, consumer.queue_name,
             consumer.ack, consumer.stats,
             consumer.dead_letter_exchange, self.conn.frame_max,
-            consumer.ack_batch)
+            consumer.ack_batch, stream=reader is not None,
+            confirm_timeout=consumer.props.timeout,
+            settled=reader.settled if reader is not None else None)
         self.frames = None
         self.settling = None    # the message being settled
         self.consumer_tag = None
@@ -56,8 +59,12 @@ class Session:
         if consumer.prefetch:
             channel.basic_qos(0, consumer.prefetch, False)
         self.frames = frames.install(self.conn, consumer.decoder.max_size)
+        arguments = None
+        if self.reader is not None:     # on from its position
+            arguments = self.reader.consume_arguments()
         self.consumer_tag = channel.basic_consume(
-            consumer.queue_name, callback=self.take, no_ack=False)
+            consumer.queue_name, callback=self.take, no_ack=False,
+            arguments=arguments)
         heartbeat = self.conn.heartbeat
         self.tick = max(min(heartbeat / 4.0, 1.0), 0.05) if heartbeat \
             else None
@@ -78,6 +85,10 @@ class Session:
         """Keep a delivered message for the worker (consumer thread)."""
         self.batch.append(message)
         self.consumer.delivered += 1
+        if self.reader is not None:
+            missed = self.reader.delivered(message)
+            if missed:
+                self.consumer.stats.count('missed', missed)
 
     def hand_over(self):
         """Give the worker the messages delivered since the last time."""
@@ -140,8 +151,13 @@ class Session:
             self.hand_over()
         if self.worker.results:
             self.settle()
-        if self.settlement.due(idle):
-            self.settlement.flush()
+        settlement = self.settlement
+        if self.reader is not None and self.reader.save_due(
+                idle, settlement.pending, settlement.batch):
+            settlement.flush()
+            self.reader.save()
+        elif settlement.due(idle):
+            settlement.flush()
         if self.tick and time.monotonic() >= self.next_tick:
             conn.heartbeat_tick()
             self.next_tick = time.monotonic() + self.tick
@@ -178,6 +194,8 @@ class Session:
                            consumer.queue_name)
         self.settle()
         self.settlement.flush()
+        if self.reader is not None:
+            self.reader.save()
 
 
 def buffered(conn):

@@ -27,10 +27,19 @@ class Settlement:
     published before its original is acknowledged, on the same channel,
     so a lost connection can duplicate it but not lose it. Counts go to
     ``status`` (zamqp.status.ConsumerStatus).
+
+    On a stream (``stream=True``) acknowledgements only give the broker
+    credit to send more: DROP acknowledges too (a stream neither
+    requeues nor discards), a dead-letter copy is published with a
+    publisher confirm (waiting ``confirm_timeout`` seconds at most) so
+    that the reader's position never passes a copy the broker did not
+    take, and ``settled(message)`` is called once each message's verdict
+    is carried out (the reader's position follows it).
     """
 
     def __init__(self, channel, queue, queue_name, ack, status,
-                 dead_letter_exchange=None, frame_max=None, batch=25):
+                 dead_letter_exchange=None, frame_max=None, batch=25,
+                 stream=False, confirm_timeout=None, settled=None):
         self.channel = channel
         self.queue = queue
         self.queue_name = queue_name
@@ -39,6 +48,9 @@ class Settlement:
         self.dead_letter_exchange = dead_letter_exchange
         self.frame_max = frame_max
         self.batch = batch
+        self.stream = stream
+        self.confirm_timeout = confirm_timeout
+        self.settled = settled
         self.pending = 0        # ACKs not sent yet ...
         self._tag = None        # ... all up to this delivery tag
 
@@ -46,6 +58,8 @@ class Settlement:
         if verdict is Verdict.ACK:
             self.pending += 1
             self._tag = message.delivery_tag
+            if self.settled is not None:
+                self.settled(message)
             return
         self.flush()
         channel = self.channel
@@ -53,9 +67,11 @@ class Settlement:
             verdict = self._copy(verdict, message, error)
         if verdict is Verdict.DROP:
             self.status.count('dropped')
+        if self.settled is not None:
+            self.settled(message)
         if not self.ack:
             return
-        if verdict is Verdict.DROP:
+        if verdict is Verdict.DROP and not self.stream:
             channel.basic_reject(message.delivery_tag, False)
         else:
             channel.basic_ack(message.delivery_tag)
@@ -69,6 +85,13 @@ class Settlement:
                     deadletter.retry_copy(message, self.frame_max), '',
                     self.queue_name)
                 self.status.count('retried')
+            elif self.stream:
+                self.channel.basic_publish_confirm(
+                    deadletter.dead_letter(message, error, self.queue,
+                                           self.frame_max),
+                    self.dead_letter_exchange, self.queue,
+                    confirm_timeout=self.confirm_timeout)
+                self.status.count('dead_lettered')
             else:
                 self.channel.basic_publish(
                     deadletter.dead_letter(message, error, self.queue,

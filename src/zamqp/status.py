@@ -23,7 +23,8 @@ class State(enum.Enum):
 
 #: The counters of a ConsumerStatus.
 COUNTERS = ('handled', 'refused', 'failed', 'retried', 'dead_lettered',
-            'dropped', 'reconnects', 'crashes', 'timeouts')
+            'dropped', 'reconnects', 'crashes', 'timeouts', 'skipped',
+            'missed')
 
 
 class ConsumerStatus:
@@ -36,7 +37,10 @@ class ConsumerStatus:
     reconnects: connections made after the first; crashes: unexpected
     errors in zamqp itself, each logged with its traceback; timeouts:
     channels the broker closed because a handler outlived its
-    consumer_timeout. Counters only grow. ``snapshot()`` returns them
+    consumer_timeout; skipped: messages a stream reader had handled
+    already, delivered again (not handed to the callback); missed:
+    messages the stream's retention removed before the reader read
+    them. Counters only grow. ``snapshot()`` returns them
     with ``state``, ``last_error`` and ``since`` (when the state began,
     ``time.time()``) as a plain dict.
     """

@@ -89,13 +89,20 @@ class InZope:
     MessageGivenBack is raised, so the message's effects are not
     committed twice. The site, the security manager, the global request
     and the connection are always released.
+
+    With ``position`` (a zamqp.zope.offsets.TransactionalPosition, for
+    stream readers) the reader's position moves to the message's offset
+    in the same transaction, and a message whose offset the committed
+    position has reached already is not delivered again.
     """
 
-    def __init__(self, database, site='', user=None, retries=3):
+    def __init__(self, database, site='', user=None, retries=3,
+                 position=None):
         self.database = database
         self.site = site or ''
         self.user = user
         self.retries = retries
+        self.position = position
 
     def __call__(self, deliver, event):
         """Deliver ``event``; return what ``deliver`` returned."""
@@ -121,6 +128,10 @@ class InZope:
         connection = self.database.open(transaction_manager=manager)
         try:
             try:
+                if self.position is not None and \
+                        not self.position.apply(connection, event.message):
+                    manager.abort()
+                    return None
                 event.site = self.enter(connection)
                 result = deliver(event)
                 given_back(event)

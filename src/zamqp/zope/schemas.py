@@ -257,6 +257,32 @@ class IConsumerDirective(IExchangeFields):
                      values=('refuse', 'json', 'bytes'), required=False,
                      description="'refuse' (default), 'json': decode "
                      "as JSON, 'bytes': deliver the body.")
+    stream = Bool(title='Stream reader', required=False, default=False,
+                  description='true: read the durable stream queue from '
+                  "this reader's position, kept in the ZODB with the "
+                  "handler's changes (exactly once); see docs/streams.rst.")
+    reader = TextLine(title='Reader name', required=False,
+                      description='Stream readers: a name per instance, '
+                      'the same across restarts (zope.conf: '
+                      'consumer.<name>.reader ${instance-name}).')
+    offsets = TextLine(title='Offsets directory', required=False,
+                       description='Stream readers without a Zope '
+                       "database: where positions are kept (with one, "
+                       'they are in the ZODB).')
+    start = TextLine(title='Start of a new reader', required=False,
+                     description="next (default), first, last, an "
+                     "offset, an interval such as 1h, or an ISO "
+                     'timestamp with a timezone.')
+    max_age = TextLine(title='Stream retention: age', required=False,
+                       description="An interval such as 7D (default) or "
+                       "12h; 'none': no limit.")
+    max_length_bytes = Int(title='Stream retention: bytes',
+                           required=False, min=0,
+                           description='Default 1000000000; 0: no limit.')
+    max_segment_size_bytes = Int(title='Stream segment size (bytes)',
+                                 required=False, min=0,
+                                 description='Default 50000000; 0: the '
+                                 "broker's.")
     site = TextLine(title='Site path', required=False, default='',
                     description="Zope: the site handlers run in, e.g. "
                     "'/plone'; default: the application root.")

@@ -42,7 +42,8 @@ URL_PARTS = ('host', 'hosts', 'port', 'user', 'password', 'virtual_host',
              'ssl', 'ca_file', 'cert_file', 'key_file', 'server_hostname',
              'verify')
 #: Options whose 0 means "no limit" (None for Python).
-NO_LIMIT = ('max_size', 'max_depth')
+NO_LIMIT = ('max_size', 'max_depth', 'max_length_bytes',
+            'max_segment_size_bytes')
 #: Options of name=value words, a dict for Python.
 ARGUMENTS = ('exchange_arguments', 'queue_arguments', 'binding_arguments')
 CONSUMER_PREFIX = 'consumer.'

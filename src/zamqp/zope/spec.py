@@ -2,6 +2,8 @@
 import zope.component
 from zope.interface import implementer
 
+from zamqp import streams
+from zamqp.exceptions import ConfigurationError
 from zamqp.zope import settings
 from zamqp.consumer import AMQPConsumer
 from zamqp.zope.delivery import Delivery
@@ -41,8 +43,11 @@ class ConsumerSpec:
                  shared=False, durable=None, ack=None, prefetch=None,
                  max_retries=3, dead_letter_exchange=None, queue_type=None,
                  accept=None, allow=(), signed_allow=(), site='', user=None,
-                 enabled=True, exchange_arguments=None, **limits):
+                 enabled=True, exchange_arguments=None, stream=False,
+                 **limits):
         self.name = name
+        self.stream = stream
+        self.stream_options = _stream_options(name, stream, limits)
         exchange_settings = dict(exchange=settings.prefixed(exchange),
                                  type=type)
         if exchange_arguments:
@@ -52,7 +57,7 @@ class ConsumerSpec:
         for option in ('queue_arguments', 'binding_arguments'):
             if limits.get(option) is not None:
                 limits[option] = settings.arguments(option, limits[option])
-        self.queue = settings.prefixed(queue) if shared else queue
+        self.queue = settings.prefixed(queue) if shared or stream else queue
         self.routing_key = routing_key
         self.handler = handler
         self.events = events
@@ -71,17 +76,33 @@ class ConsumerSpec:
         self.enabled = enabled
 
     def create(self, database=None):
+        options = dict(self.options)
+        position = None
+        if self.stream:
+            options.update(self.stream_options, stream=True)
+            if database is not None:
+                from zamqp.zope.offsets import TransactionalPosition
+                from zamqp.zope.offsets import ZODBOffsetStore
+                store = options['offsets'] = ZODBOffsetStore(database)
+                position = TransactionalPosition(store, self.queue,
+                                                 options['reader'])
+            elif options.get('offsets') is None:
+                raise ConfigurationError(
+                    f'<zamqp:consumer name={self.name!r} stream="true"> '
+                    'runs without a Zope database here, so its position '
+                    'needs a directory: give offsets="..."')
         return AMQPConsumer(
-            self.queue, self.props, self.delivery(database),
+            self.queue, self.props, self.delivery(database, position),
             routing_key=self.routing_key, allow=self.allow_rules(),
             signed_allow=self.signed_allow_rules(), pass_message=True,
-            **self.options)
+            **options)
 
-    def delivery(self, database=None):
+    def delivery(self, database=None, position=None):
         in_context = None
         if database is not None:
             from zamqp.zope.context import InZope
-            in_context = InZope(database, self.site, self.user)
+            in_context = InZope(database, self.site, self.user,
+                                position=position)
         return Delivery(self.name, self.handler, self.events, in_context)
 
     def check(self, database=None):
@@ -118,6 +139,48 @@ class ConsumerSpec:
 
     def __repr__(self):
         return f'<ConsumerSpec {self.name!r} queue={self.queue!r}>'
+
+
+#: Options of stream readers only (unset: left out).
+STREAM_OPTIONS = ('reader', 'offsets', 'start', 'max_age',
+                  'max_length_bytes', 'max_segment_size_bytes')
+
+
+def _stream_options(name, stream, options):
+    """Take the stream options out of ``options``; check them."""
+    found = {}
+    for option in STREAM_OPTIONS:
+        value = options.pop(option, None)
+        if option in ('reader', 'offsets', 'start', 'max_age') and \
+                value in (None, ''):
+            continue
+        found[option] = value
+    if not stream:
+        if found:
+            raise ConfigurationError(
+                f'<zamqp:consumer name={name!r}>: {", ".join(found)} '
+                'apply to stream readers only: add stream="true" or '
+                'leave them out')
+        return found
+    if isinstance(found.get('max_age'), str) and \
+            found['max_age'].lower() == 'none':
+        found['max_age'] = None
+    where = (f'(<zamqp:consumer name={name!r}>, or consumer.{name}.'
+             '<option> in zope.conf)')
+    if 'reader' not in found:
+        raise ConfigurationError(
+            f'<zamqp:consumer name={name!r} stream="true"> needs a '
+            'reader: a name per instance that stays the same across '
+            f'restarts, as consumer.{name}.reader in zope.conf (e.g. '
+            '${instance-name}) or reader="..."')
+    try:
+        streams.check_reader(found['reader'])
+        streams.start_argument(found.get('start', 'next'))
+        if found.get('max_age') is not None:
+            streams.check_interval(found['max_age'], 'max_age')
+    except ConfigurationError as exc:
+        raise ConfigurationError(f'{exc} {where}') from exc
+    return found
 
 
 def _registered(interface):
