@@ -5,6 +5,7 @@ import socket
 import time
 
 from zamqp import frames
+from zamqp import streams
 from zamqp.logtext import message_id
 from zamqp.settlement import Settlement
 
@@ -86,9 +87,7 @@ class Session:
         self.batch.append(message)
         self.consumer.delivered += 1
         if self.reader is not None:
-            missed = self.reader.delivered(message)
-            if missed:
-                self.consumer.stats.count('missed', missed)
+            self.reader.delivered(message)
 
     def hand_over(self):
         """Give the worker the messages delivered since the last time."""
@@ -145,6 +144,8 @@ class Session:
                 idle = False
             except socket.timeout:
                 pass
+        if self.reader is not None and self.reader.gap is not None:
+            self.check_gap()
         # one hand-over per read from the socket, not one per message
         if self.batch and (idle or len(self.batch) >= HAND_OVER
                            or not buffered(conn)):
@@ -161,6 +162,42 @@ class Session:
         if self.tick and time.monotonic() >= self.next_tick:
             conn.heartbeat_tick()
             self.next_tick = time.monotonic() + self.tick
+
+    def check_gap(self):
+        """The first delivery came after the offset asked for: count and
+        warn what retention removed (the stream's first offset tells)."""
+        reader = self.reader
+        (expected, _), reader.gap = reader.gap, None
+        missed = reader.removed(expected, self.first_offset())
+        if missed:
+            self.consumer.stats.count('missed', missed)
+
+    def first_offset(self, timeout=None):
+        """The offset of the first message the stream holds (None if
+        none came within ``timeout``, default the props' timeout), read
+        on a channel of its own, closed afterwards."""
+        if timeout is None:
+            timeout = self.consumer.props.timeout
+        found = []
+        channel = self.conn.channel()
+        try:
+            channel.basic_qos(0, 1, False)
+            channel.basic_consume(
+                self.consumer.queue_name, callback=found.append,
+                arguments={streams.OFFSET_HEADER: 'first'})
+            deadline = time.monotonic() + timeout
+            while not found and time.monotonic() < deadline:
+                try:
+                    self.conn.drain_events(
+                        timeout=max(deadline - time.monotonic(), 0.01))
+                except socket.timeout:
+                    pass
+        finally:
+            channel.close()
+        try:
+            return streams.message_offset(found[0]) if found else None
+        except Exception:       # noqa: BLE001 - cannot tell
+            return None
 
     def settle(self):
         """Carry out what the worker decided, in order."""

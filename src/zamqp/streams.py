@@ -203,6 +203,7 @@ class StreamReader:
         self.last_offset = None     # the last offset delivered
         self.expected = None        # the offset a session begins with
         self.pinned = None          # start as a moment, once subscribed
+        self.gap = None             # (offset asked for, offset delivered)
         self._saved_at = time.monotonic()
         self._save_error = None
 
@@ -238,27 +239,37 @@ class StreamReader:
         self.expected = self.position + 1
         return {OFFSET_HEADER: self.expected}
 
-    def delivered(self, message) -> int:
-        """Note a delivery; warn once per session when retention removed
-        messages after the position. Return how many it removed."""
+    def delivered(self, message) -> None:
+        """Note a delivery. The first of a session that comes after the
+        offset asked for leaves ``gap`` set: offsets are not dense (the
+        broker gives some to chunks that hold no message), so whether
+        retention removed messages is told by the stream's first offset
+        (``removed``)."""
         try:
             offset = message_offset(message)
         except MessageRefused:
-            return 0
+            return
         self.last_offset = offset
         expected, self.expected = self.expected, None
         if expected is not None and offset > expected:
-            missed = offset - expected
-            logger.warning(
-                'reader %r of stream %r: %d message(s) after its position '
-                '%d were removed by the stream\'s retention before it '
-                'read them (it goes on from offset %d, the first '
-                'available); make the retention (max_age, '
-                'max_length_bytes) cover the longest time a reader may '
-                'be away', self.reader, self.stream, missed,
-                expected - 1, offset)
-            return missed
-        return 0
+            self.gap = (expected, offset)
+
+    def removed(self, expected: int, first: int | None) -> int:
+        """Warn if the stream's first offset ``first`` is past the
+        offset ``expected`` the reader went on from: retention removed
+        messages it had not read. Return how many offsets it removed (at
+        most that many messages), 0 if none."""
+        if first is None or first <= expected:
+            return 0
+        missed = first - expected
+        logger.warning(
+            'reader %r of stream %r: the stream\'s retention removed up to '
+            '%d message(s) after its position %d before it read them (the '
+            'stream begins at offset %d now; the reader goes on from '
+            'there); make the retention (max_age, max_length_bytes) cover '
+            'the longest time a reader may be away', self.reader,
+            self.stream, missed, expected - 1, first)
+        return missed
 
     def settled(self, message) -> None:
         """The consumer is done with ``message`` (handled, skipped or
