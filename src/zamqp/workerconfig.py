@@ -30,7 +30,10 @@ Sections (names are case-sensitive, keys are not):
     routing_key, queue, handler, events, shared, durable, ack, prefetch,
     max_retries, dead_letter_exchange (``none`` drops), queue_arguments,
     binding_arguments, queue_type, accept, allow, signed_allow, max_size,
-    max_depth, untyped, enabled. ``handler`` is the dotted name of a callable
+    max_depth, untyped, enabled; and those of stream readers: stream,
+    reader, offsets (a directory, required with stream), start,
+    max_age (``none``: no limit), max_length_bytes,
+    max_segment_size_bytes. ``handler`` is the dotted name of a callable
     called with a MessageReceived event (``consumer``, ``body``,
     ``message``, ``site`` None), as in Zope; ``events = true`` notifies
     the body as a zope event instead; one of the two is required.
@@ -181,6 +184,16 @@ def limit(value):
     return None if result == 0 else result
 
 
+def start_position(value):
+    """A stream reader's start: an offset as a whole number, else the
+    text (checked by the consumer)."""
+    return int(value) if value.isdigit() else value
+
+
+def interval_or_none(value):
+    return None if value.lower() == 'none' else value
+
+
 def dotted(value):
     if not re.fullmatch(r'[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+', value):
         raise ValueError('a dotted name such as mypackage.handlers.on_order')
@@ -224,6 +237,9 @@ CONSUMER_OPTIONS = {
     'max_size': limit, 'max_depth': limit, 'enabled': boolean,
     'queue_arguments': arguments, 'binding_arguments': arguments,
     'untyped': choice('refuse', 'json', 'bytes', lower=False),
+    'stream': boolean, 'reader': text, 'offsets': text,
+    'start': start_position, 'max_age': interval_or_none,
+    'max_length_bytes': limit, 'max_segment_size_bytes': limit,
 }
 ZOPE_ONLY = ('site', 'user')
 WORKER_OPTIONS = {
@@ -274,7 +290,8 @@ class ConsumerConfig:
     @property
     def ack(self):
         ack = self.options.get('ack')
-        return self.shared if ack is None else ack
+        return bool(self.shared or self.options.get('stream')) \
+            if ack is None else ack
 
     @property
     def dead_letter_exchange(self):

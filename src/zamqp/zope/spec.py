@@ -150,7 +150,9 @@ def _stream_options(name, stream, options):
     """Take the stream options out of ``options``; check them."""
     found = {}
     for option in STREAM_OPTIONS:
-        value = options.pop(option, None)
+        if option not in options:
+            continue
+        value = options.pop(option)
         if option in ('reader', 'offsets', 'start', 'max_age') and \
                 value in (None, ''):
             continue

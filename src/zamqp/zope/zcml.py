@@ -106,11 +106,11 @@ def consumer_options(name, options, with_overrides=False):
     its ``options``, zope.conf's ``consumer.<name>.*`` winning if
     ``with_overrides``; checked."""
     options = dict(options)
-    if with_overrides:
-        options.update(settings.consumer_overrides(name))
-    for limit in settings.NO_LIMIT:         # unset: the connection's
+    for limit in settings.NO_LIMIT:         # unset: the default
         if options.get(limit) is None:
             options.pop(limit, None)
+    if with_overrides:      # converted already: 0 is None (no limit)
+        options.update(settings.consumer_overrides(name))
     options = settings.python_values(options)
     if options['handler'] is not None and options['events']:
         raise ZAMQPError(
