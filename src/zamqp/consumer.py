@@ -356,6 +356,8 @@ class AMQPConsumer:
         session = self.session = Session(self, connection)
         try:
             session.start()
+        except OffsetStoreError:
+            raise
         except Exception as exc:
             raise explain(exc, self.props, 'basic_consume') from exc
         self._connected()
@@ -738,8 +740,9 @@ def _check_stream(stream, shared, ack, durable, queue_type, reader, offsets,
                                           ('offsets', offsets))
                  if value is not None] + sorted(options)
         if given:
+            verb = 'applies' if len(given) == 1 else 'apply'
             raise ConfigurationError(
-                f"{', '.join(given)} apply to stream readers only: give "
+                f"{', '.join(given)} {verb} to stream readers only: give "
                 "AMQPConsumer(..., stream=True, reader=..., offsets=...) "
                 "or leave them out")
         return

@@ -24,6 +24,11 @@ try:
 except ImportError:     # pragma: no cover - not on POSIX
     fcntl = None
 
+#: Lock files this process holds: path -> file descriptor (flock locks
+#: are per open file, so the process itself must know its own).
+_held = {}
+_held_lock = threading.Lock()
+
 
 @implementer(IOffsetStore)
 class FileOffsetStore:
@@ -59,8 +64,6 @@ class FileOffsetStore:
             raise ConfigurationError(
                 f'offsets={self.directory!r} is a file, not a directory: '
                 'give a directory where the reader may keep its position')
-        self._locks = {}
-        self._guard = threading.Lock()
 
     def path(self, stream: str, reader: str, suffix: str | None = None
              ) -> str:
@@ -125,15 +128,14 @@ class FileOffsetStore:
         ``unlock``); OffsetStoreError if another process holds it."""
         if fcntl is None:       # pragma: no cover
             return
-        key = (stream, reader)
-        with self._guard:
-            if key in self._locks:
+        path = os.path.abspath(self.path(stream, reader, '.lock'))
+        with _held_lock:
+            if path in _held:
                 raise OffsetStoreError(
                     f'reader {reader!r} of stream {stream!r} already runs '
                     f'in this process (positions in {self.directory}): '
                     'give each reader its own name')
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            path = self.path(stream, reader, '.lock')
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -146,11 +148,12 @@ class FileOffsetStore:
                     'one') from None
             os.ftruncate(fd, 0)
             os.write(fd, f'{os.getpid()}\n'.encode())
-            self._locks[key] = fd
+            _held[path] = fd
 
     def unlock(self, stream: str, reader: str) -> None:
-        with self._guard:
-            fd = self._locks.pop((stream, reader), None)
+        path = os.path.abspath(self.path(stream, reader, '.lock'))
+        with _held_lock:
+            fd = _held.pop(path, None)
         if fd is not None:
             os.close(fd)    # releases the lock
 

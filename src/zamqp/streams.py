@@ -204,6 +204,7 @@ class StreamReader:
         self.expected = None        # the offset a session begins with
         self.pinned = None          # start as a moment, once subscribed
         self.gap = None             # (offset asked for, offset delivered)
+        self.locked = False
         self._saved_at = time.monotonic()
         self._save_error = None
 
@@ -214,11 +215,14 @@ class StreamReader:
         lock = getattr(self.store, 'lock', None)
         if lock is not None:
             lock(self.stream, self.reader)
+            self.locked = True
 
     def release(self) -> None:
+        """Unlock what ``acquire`` locked (nothing if it failed)."""
         unlock = getattr(self.store, 'unlock', None)
-        if unlock is not None:
+        if unlock is not None and self.locked:
             unlock(self.stream, self.reader)
+            self.locked = False
 
     def consume_arguments(self) -> dict[str, Any]:
         """The ``basic_consume`` arguments of a new session: on from the

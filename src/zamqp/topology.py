@@ -38,6 +38,9 @@ PLUGINS = {
 }
 #: Arguments zamqp adds to a queue_type='quorum' declaration.
 QUORUM_ARGUMENTS = ('x-delivery-limit', 'x-dead-letter-exchange')
+#: Retention arguments of a stream queue (zamqp.streams).
+STREAM_ARGUMENTS = ('x-max-age', 'x-max-length-bytes',
+                    'x-stream-max-segment-size-bytes')
 _FLAGS = ('durable', 'auto_delete', 'exclusive', 'type', 'internal')
 
 
@@ -138,6 +141,11 @@ class Declarer:
             recoverable=False)
 
     def _not_found(self, method, kind, name, exc, exchange_name):
+        if 'down or inaccessible' in (exc.reply_text or ''):
+            return ConnectionFailed(
+                f"declare: {self._where()}: {kind} {name!r} is on a node "
+                f"that is down or still starting ({exc.reply_text}); "
+                "trying again", recoverable=True)
         if method == 'queue.bind':
             text = (f"binding queue {name!r} to exchange "
                     f"{exchange_name!r}: one of them does not exist")
@@ -162,6 +170,13 @@ class Declarer:
                    "queue declared by others give queue_arguments="
                    "{'x-queue-type': 'quorum'} instead of queue_type, or "
                    "set declare=False")
+        elif argument in STREAM_ARGUMENTS:
+            fix = (f"the stream's retention ({argument!r}) differs from "
+                   "this reader's: give every reader of a stream the same "
+                   "max_age, max_length_bytes and max_segment_size_bytes "
+                   "(the broker says which value is current), or "
+                   "declare='passive' to read the stream as it is; to "
+                   "change a stream's retention, use a RabbitMQ policy")
         elif argument in _FLAGS:
             fix = (f"its {argument!r} differs from what zamqp declares: use "
                    "another name, delete it on the broker, or set "

@@ -230,7 +230,7 @@ class StreamZCMLTests(SandboxedRegistry):
     def test_stream_options_without_stream_are_refused(self):
         self.assertFails(
             '<zamqp:consumer name="c" events="true" reader="i1" />',
-            'reader apply to stream readers only', 'stream="true"')
+            'reader applies to stream readers only', 'stream="true"')
 
     def test_bad_stream_values_name_the_place(self):
         self.assertFails(

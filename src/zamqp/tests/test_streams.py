@@ -107,7 +107,7 @@ def consumer(tmp_path, **kw):
 @pytest.mark.parametrize('kw, words', [
     (dict(stream=False), 'reader, offsets apply to stream readers only'),
     (dict(stream=False, reader=None, offsets=None, start='first'),
-     'start apply to stream readers only'),
+     'start applies to stream readers only'),
     (dict(shared=True), 'shared=True does not go with stream=True'),
     (dict(ack=False), 'ack=False does not go with stream=True'),
     (dict(durable=False), 'durable=False does not go'),
@@ -468,7 +468,12 @@ def test_different_retention_is_refused_with_a_way_out(
         thread.start()
     text = str(info.value)
     assert 'inequivalent arg' in text and stream in text
+    assert "give every reader of a stream the same max_age" in text
     assert other.status()['state'] == 'failed'
+    passive = reader(stream, props, Received(), tmp_path / 'c', reader='c',
+                     max_age='1D', declare='passive')
+    start(passive)
+    assert passive.status()['state'] == 'consuming'
 
 
 def test_retention_gap_is_warned_and_counted(stream, props, start, tmp_path,
@@ -597,3 +602,40 @@ def test_offsets_without_messages_are_not_reported_missed(
     assert got.items[0][1] > gaps[0] + 1
     assert resumed.status()['missed'] == 0
     assert 'removed' not in caplog.text
+
+
+def test_two_stores_of_one_directory_in_one_process_share_the_lock(
+        tmp_path):
+    FileOffsetStore(tmp_path).lock('s', 'r')
+    with pytest.raises(OffsetStoreError, match='already runs in this proc'):
+        FileOffsetStore(str(tmp_path) + '/').lock('s', 'r')
+    FileOffsetStore(tmp_path).unlock('s', 'r')
+    FileOffsetStore(tmp_path).lock('s', 'r')
+    FileOffsetStore(tmp_path).unlock('s', 'r')
+
+
+def test_a_second_reader_of_the_same_name_fails_at_start(
+        stream, props, start, tmp_path):
+    start(reader(stream, props, Received(), tmp_path))
+    twin = reader(stream, props, Received(), tmp_path)
+    with pytest.raises(OffsetStoreError, match="reader 'r1' of stream"):
+        AMQPThread(twin).start()
+    assert twin.status()['state'] == 'failed'
+    # the twin that failed did not release the running reader's lock
+    with pytest.raises(OffsetStoreError, match='already runs in this proc'):
+        FileOffsetStore(tmp_path).lock(stream, 'r1')
+
+
+def test_a_damaged_position_stops_the_reader_with_its_own_error(
+        stream, props, tmp_path):
+    store = FileOffsetStore(tmp_path)
+    with open(store.path(stream, 'r1'), 'w') as file:
+        file.write('garbage')
+    damaged = reader(stream, props, Received(), tmp_path)
+    thread = AMQPThread(damaged)
+    with pytest.raises(OffsetStoreError, match='delete it to begin'):
+        thread.start()
+    assert damaged.status()['state'] == 'failed'
+    assert 'basic_consume' not in damaged.status()['last_error']
+    store.lock(stream, 'r1')        # released when it stopped
+    store.unlock(stream, 'r1')

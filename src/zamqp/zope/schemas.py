@@ -264,7 +264,7 @@ class IConsumerDirective(IExchangeFields):
     reader = TextLine(title='Reader name', required=False,
                       description='Stream readers: a name per instance, '
                       'the same across restarts (zope.conf: '
-                      'consumer.<name>.reader ${instance-name}).')
+                      'consumer.<name>.reader instance1).')
     offsets = TextLine(title='Offsets directory', required=False,
                        description='Stream readers without a Zope '
                        "database: where positions are kept (with one, "

@@ -159,9 +159,10 @@ def _stream_options(name, stream, options):
         found[option] = value
     if not stream:
         if found:
+            verb = 'applies' if len(found) == 1 else 'apply'
             raise ConfigurationError(
                 f'<zamqp:consumer name={name!r}>: {", ".join(found)} '
-                'apply to stream readers only: add stream="true" or '
+                f'{verb} to stream readers only: add stream="true" or '
                 'leave them out')
         return found
     if isinstance(found.get('max_age'), str) and \
@@ -174,7 +175,8 @@ def _stream_options(name, stream, options):
             f'<zamqp:consumer name={name!r} stream="true"> needs a '
             'reader: a name per instance that stays the same across '
             f'restarts, as consumer.{name}.reader in zope.conf (e.g. '
-            '${instance-name}) or reader="..."')
+            f'consumer.{name}.reader instance1, a different name in each '
+            "instance's zope.conf) or reader=\"...\"")
     try:
         streams.check_reader(found['reader'])
         streams.start_argument(found.get('start', 'next'))
