@@ -63,6 +63,8 @@ class Session:
         arguments = None
         if self.reader is not None:     # on from its position
             arguments = self.reader.consume_arguments()
+            if self.reader.position is not None:
+                self.check_position()
         self.consumer_tag = channel.basic_consume(
             consumer.queue_name, callback=self.take, no_ack=False,
             arguments=arguments)
@@ -172,10 +174,32 @@ class Session:
         if missed:
             self.consumer.stats.count('missed', missed)
 
-    def first_offset(self, timeout=None):
-        """The offset of the first message the stream holds (None if
-        none came within ``timeout``, default the props' timeout), read
-        on a channel of its own, closed afterwards."""
+    #: Seconds the stream has to show the reader's position.
+    probe_timeout = 1.0
+
+    def check_position(self):
+        """Log an error if the stream holds no offset at or after the
+        reader's position: it was deleted and declared again (or the
+        position belongs to another stream), and the reader would wait
+        for offsets it passed long ago."""
+        reader = self.reader
+        if self.first_offset(reader.position, self.probe_timeout) \
+                is not None:
+            return
+        logger.error(
+            'reader %r of stream %r: the stream holds nothing at or after '
+            "the reader's position %d: it was deleted and declared again, "
+            'or the position is of another stream; the reader only gets '
+            'messages after offset %d. To read this stream from its '
+            'start, stop the reader and delete its saved position (%r)',
+            reader.reader, reader.stream, reader.position, reader.position,
+            reader.store)
+
+    def first_offset(self, start='first', timeout=None):
+        """The offset of the first message the stream holds from
+        ``start`` on (None if none came within ``timeout``, default the
+        props' timeout), read on a channel of its own, closed
+        afterwards."""
         if timeout is None:
             timeout = self.consumer.props.timeout
         found = []
@@ -184,7 +208,7 @@ class Session:
             channel.basic_qos(0, 1, False)
             channel.basic_consume(
                 self.consumer.queue_name, callback=found.append,
-                arguments={streams.OFFSET_HEADER: 'first'})
+                arguments={streams.OFFSET_HEADER: start})
             deadline = time.monotonic() + timeout
             while not found and time.monotonic() < deadline:
                 try:

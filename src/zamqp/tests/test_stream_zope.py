@@ -260,3 +260,22 @@ class LimitsFromZopeConfTests(SandboxedRegistry):
         spec = zope.component.getUtility(IConsumerSpec, 'c')
         self.assertIsNone(spec.options['max_size'])
         self.assertIsNone(spec.create(None).decoder.max_size)
+
+
+class StreamDefaultsTests(SandboxedRegistry):
+
+    def test_zcml_defaults_declare_the_same_stream_as_python(self):
+        import zope.component
+        from zamqp import AMQPConsumer
+        from zamqp.interfaces import IConsumerSpec
+        load('<zamqp:consumer name="c" stream="true" events="true" '
+             'reader="i1" offsets="/tmp/unused" />')
+        spec = zope.component.getUtility(IConsumerSpec, 'c')
+        zope_reader = spec.create(None)
+        python_reader = AMQPConsumer(
+            spec.queue, spec.props, print, stream=True, reader='i2',
+            offsets='/tmp/unused')
+        self.assertEqual(zope_reader.declaration.arguments(),
+                         python_reader.declaration.arguments())
+        self.assertEqual(zope_reader.declaration.arguments()['x-max-age'],
+                         '7D')

@@ -639,3 +639,35 @@ def test_a_damaged_position_stops_the_reader_with_its_own_error(
     assert 'basic_consume' not in damaged.status()['last_error']
     store.lock(stream, 'r1')        # released when it stopped
     store.unlock(stream, 'r1')
+
+
+def test_a_stream_declared_anew_behind_the_position_is_an_error(
+        stream, props, start, tmp_path, caplog, admin):
+    FileOffsetStore(tmp_path).save(stream, 'r1', 500)   # of the old one
+    got = Received()
+    with caplog.at_level(logging.ERROR, logger='zamqp.session'):
+        start(reader(stream, props, got, tmp_path))
+    assert "the stream holds nothing at or after the reader's position " \
+        '500: it was deleted and declared again' in caplog.text
+    assert 'delete its saved position' in caplog.text
+
+
+def test_a_reader_at_its_position_starts_without_error(
+        stream, props, start, tmp_path, caplog):
+    got = Received()
+    first = reader(stream, props, got, tmp_path)
+    start(first)
+    time.sleep(0.3)
+    with AMQPProducer(stream, props, confirm=True) as producer:
+        producer('a')
+        assert wait_for(lambda: first.status()['saved_position'] == 0, 5)
+        first.stop()
+        assert wait_for(lambda: first.status()['state'] == 'stopped', 5)
+        producer('b')
+    got.items.clear()
+    with caplog.at_level(logging.ERROR, logger='zamqp.session'):
+        began = time.monotonic()
+        start(reader(stream, props, got, tmp_path))
+        started = time.monotonic() - began
+    assert wait_for(lambda: got.bodies() == ['b'], 5)
+    assert caplog.text == '' and started < 1.0
