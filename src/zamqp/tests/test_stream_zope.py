@@ -2,6 +2,7 @@
 position committed in the ZODB with the handler's changes; ZCML and
 zope.conf settings of stream consumers."""
 import threading
+import time
 
 import transaction
 from ZODB.POSException import ConflictError
@@ -279,3 +280,76 @@ class StreamDefaultsTests(SandboxedRegistry):
                          python_reader.declaration.arguments())
         self.assertEqual(zope_reader.declaration.arguments()['x-max-age'],
                          '7D')
+
+
+BROADCAST_OVER_A_STREAM = """\
+<configure
+    xmlns="http://namespaces.zope.org/zope"
+    xmlns:zamqp="http://namespaces.zope.org/zamqp">
+  <include package="zamqp" />
+  <include package="zamqp.tests.zopeaddon" />
+  <zamqp:connection url="{url}" />
+  <zamqp:producer name="addon" exchange="{exchange}" />
+  <zamqp:broadcast
+      for="zamqp.tests.zopeaddon.interfaces.INoted" producer="addon" />
+  <zamqp:consumer name="addon.stream" exchange="{exchange}" events="true"
+      stream="true" queue="{queue}" reader="instance1"
+      allow="zamqp.tests.zopeaddon.*" />
+</configure>
+"""
+
+
+class BroadcastOverAStreamTests(ZODBTestCase):
+    """<zamqp:broadcast> relays and events="true" work unchanged over a
+    stream reader: a local event committed here is notified, received,
+    by the reader, once, and not relayed back."""
+
+    def setUp(self):
+        super().setUp()
+        from plone.testing import zca
+        from zope.configuration import xmlconfig
+        from zamqp.testhelpers import broker_url
+        from zamqp.tests.test_zopecontext import close_producers
+        from zamqp.zope import lifecycle
+        self.exchange = unique('zamqp.test.zbroadcast')
+        self.queue = unique('zamqp.test.zbroadcast')
+        admin = Admin()
+        self.addCleanup(admin.close)
+        self.addCleanup(admin.delete_exchange, self.exchange)
+        self.addCleanup(admin.delete_queue, self.queue)
+        zca.pushGlobalRegistry()
+        self.addCleanup(zca.popGlobalRegistry)
+        self.addCleanup(close_producers)
+        context = zca.stackConfigurationContext(
+            self.layer['configurationContext'])
+        xmlconfig.string(BROADCAST_OVER_A_STREAM.format(
+            url=broker_url(), exchange=self.exchange, queue=self.queue),
+            context=context)
+        self.addCleanup(lifecycle.restore_sigterm)
+        self.addCleanup(lifecycle.stop)
+        self.assertEqual(lifecycle.start(self.db), ['addon.stream'])
+        self.assertTrue(wait_for(lambda: admin.queue_exists(self.queue),
+                                 10))
+
+    def test_a_relayed_event_is_notified_once_by_the_reader(self):
+        import zope.event
+        from zamqp.tests.zopeaddon import handlers
+        from zamqp.tests.zopeaddon.events import Noted
+        del handlers.SEEN[:]
+        time.sleep(0.5)         # the reader subscribed ('next')
+        transaction.begin()
+        zope.event.notify(Noted('over a stream', origin='here'))
+        transaction.commit()
+
+        def received():
+            return [s for s in handlers.SEEN if s['received']]
+
+        from zamqp.zope import lifecycle
+        self.assertTrue(wait_for(received, 10),
+                        (handlers.SEEN, lifecycle.status()))
+        time.sleep(0.5)
+        self.assertEqual(received(), [dict(
+            text='over a stream', origin='here', received=True,
+            thread=f'zamqp-worker-{self.queue}')])
+        # notified locally once, received once: no echo came back
+        self.assertEqual(len(handlers.SEEN), 2)

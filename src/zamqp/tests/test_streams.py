@@ -671,3 +671,21 @@ def test_a_reader_at_its_position_starts_without_error(
         started = time.monotonic() - began
     assert wait_for(lambda: got.bodies() == ['b'], 5)
     assert caplog.text == '' and started < 1.0
+
+
+def test_amqp_events_travel_over_a_stream_reader(stream, props, start,
+                                                 tmp_path, pings):
+    """AMQPEvent and AMQPEventCallback work unchanged over a reader."""
+    import zope.event
+    from zamqp import AMQPEvent
+    from zamqp import AMQPEventCallback
+    from zamqp.tests.eventtypes import Ping
+    consumer = AMQPConsumer(stream, props, AMQPEventCallback(), stream=True,
+                            reader='events', offsets=str(tmp_path),
+                            allow=['zamqp.tests.eventtypes.Ping'])
+    start(consumer)
+    time.sleep(0.5)
+    zope.event.notify(AMQPEvent(stream, props, Ping('over a stream')))
+    assert wait_for(lambda: pings, 10)
+    assert [p.name for p in pings] == ['over a stream']
+    assert consumer.status()['position'] == 0
