@@ -8,6 +8,11 @@ Once all listeners are ready, the demo publishes one message with
 AMQPProducer and notifies one ``AMQPEvent`` carrying a ``Greeting``. Each
 listener exits when it got both, the demo exits 0 when every listener did.
 
+``python -m zamqp.demo catch-up`` shows a durable broadcast instead: a
+stream reader process (alice) gets one message and stops; three more are
+published while she is away; started again, she catches up with exactly
+those three, in order, from the position she saved (zamqp.streams).
+
 The broker URL is $ZAMQP_URL, else $ZAMQP_TEST_URL, else
 amqp://guest:guest@127.0.0.1:5672/. Both exchanges are named after the
 run, so runs do not interfere, and are deleted at the end.
@@ -16,8 +21,10 @@ import dataclasses
 import logging
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -119,12 +126,103 @@ def listen(name, run):
             thread.stop()
 
 
+def stream_props(run):
+    return AMQPProps(url=broker_url(), exchange=f'zamqp.demo.{run}.stream')
+
+
+def read(name, run, offsets, count):
+    """Read the run's stream as reader ``name`` (position in
+    ``offsets``) until ``count`` messages came; 0 then, 1 on timeout."""
+    got = []
+    done = threading.Event()
+
+    def say(text):
+        sys.stdout.write(f'[{name}] {text}\n')
+        sys.stdout.flush()
+
+    def on_message(body, message):
+        say(f'stream message at offset '
+            f'{message.headers["x-stream-offset"]}: {body!r}')
+        got.append(body)
+        if len(got) >= count:
+            done.set()
+
+    logging.basicConfig(format=f'[{name}] %(levelname)s %(message)s')
+    thread = AMQPThread(AMQPConsumer(
+        f'zamqp.demo.{run}.stream', stream_props(run), on_message,
+        stream=True, reader=name, offsets=offsets, pass_message=True))
+    try:
+        thread.start()
+        say(f'ready (pid {os.getpid()}): reading the stream from '
+            f'position {thread.consumer.status()["position"]}')
+        if not done.wait(RECEIVE_TIMEOUT):
+            say(f'timed out with {len(got)} of {count} messages')
+            return 1
+        return 0
+    except ZAMQPError as exc:
+        say(f'cannot read: {exc}')
+        return 2
+    finally:
+        thread.stop()
+        say(f'stopped at position {thread.consumer.status()["position"]}')
+
+
+def catch_up():
+    """The stream demo: a reader that was away gets what it missed."""
+    run = uuid.uuid4().hex[:8]
+    props = stream_props(run)
+    stream = f'zamqp.demo.{run}.stream'
+    offsets = tempfile.mkdtemp(prefix='zamqp-demo-')
+    print(f'zamqp demo (catch-up), run {run}, broker {props.url()}')
+    producer = AMQPProducer(stream, props, confirm=True)
+    try:
+        print('\n1. alice starts reading the stream and gets one message')
+        alice = Listeners(['alice'], run, ['read', 'alice', run, offsets,
+                                           '1'])
+        if not alice.wait_ready():
+            print('\nFAILED: alice was not ready')
+            return 1
+        producer('news 1')
+        if alice.wait_ended() != {'alice': 0}:
+            print('\nFAILED: alice did not get news 1')
+            return 1
+        print('\n2. alice is away; three messages are published')
+        for n in (2, 3, 4):
+            producer(f'news {n}')
+            print(f'   published news {n} (confirmed)')
+        print('\n3. alice starts again, from her saved position')
+        alice = Listeners(['alice'], run, ['read', 'alice', run, offsets,
+                                           '3'])
+        if alice.wait_ended() != {'alice': 0}:
+            print('\nFAILED: alice did not catch up')
+            return 1
+        print('\nOK: alice caught up with the 3 messages she missed, in '
+              'order.')
+        return 0
+    except ZAMQPError as exc:
+        print(f'\nFAILED: {exc}', file=sys.stderr)
+        return 2
+    finally:
+        try:
+            channel = producer.connection.channel
+            channel.queue_delete(stream)
+            channel.queue_delete(f'{props.exchange}.dead')
+            channel.exchange_delete(f'{props.exchange}.dead')
+            channel.exchange_delete(props.exchange)
+            print('Deleted the stream and the exchanges of this run.')
+        except Exception as exc:
+            print(f'Could not delete the stream {stream}: {exc}',
+                  file=sys.stderr)
+        producer.close()
+        shutil.rmtree(offsets, ignore_errors=True)
+
+
 # The orchestrator
 
 class Listeners:
     """Listener processes whose output lines arrive on one queue."""
 
-    def __init__(self, names, run):
+    def __init__(self, names, run, argv=None):
         self.names = names
         self.lines = queue.Queue()
         self.ready = set()
@@ -133,7 +231,8 @@ class Listeners:
         self.procs = {}
         for name in names:
             proc = self.procs[name] = subprocess.Popen(
-                [sys.executable, '-m', 'zamqp.demo', 'listen', name, run],
+                [sys.executable, '-m', 'zamqp.demo',
+                 *(argv or ['listen', name, run])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, env=env)
             threading.Thread(target=self._read, args=(name, proc.stdout),
@@ -260,7 +359,12 @@ def cleanup(producer, exchanges):
 def cli(argv):
     if argv[:1] == ['listen'] and len(argv) == 3:
         return listen(argv[1], argv[2])
-    if any(arg.startswith('-') or arg == 'listen' for arg in argv) \
+    if argv[:1] == ['read'] and len(argv) == 5 and argv[4].isdigit():
+        return read(argv[1], argv[2], argv[3], int(argv[4]))
+    if argv == ['catch-up']:
+        return catch_up()
+    if any(arg.startswith('-') or arg in ('listen', 'read', 'catch-up')
+           for arg in argv) \
             or len(set(argv)) != len(argv):
         print('usage: python -m zamqp.demo [NAME ...]\n\n'
               f'{__doc__}', file=sys.stderr)

@@ -36,3 +36,21 @@ def test_demo_deletes_its_exchanges(admin):
             admin.channel.exchange_declare(
                 f'zamqp.demo.{run}.{kind}', 'fanout', passive=True)
         admin.channel = admin.connection.channel()
+
+
+def test_catch_up_demo_reader_gets_what_it_missed(admin):
+    env = dict(os.environ, ZAMQP_URL=broker_url())
+    result = subprocess.run(
+        [sys.executable, '-m', 'zamqp.demo', 'catch-up'], env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    second = output[output.index('3. alice starts again'):]
+    assert re.findall(r"offset (\d+): '(news \d)'", second) == [
+        ('1', 'news 2'), ('2', 'news 3'), ('3', 'news 4')]
+    assert 'reading the stream from position 0' in second
+    run = re.search(r'run (\w+),', output).group(1)
+    with pytest.raises(amqp_errors.NotFound):
+        admin.channel.queue_declare(f'zamqp.demo.{run}.stream',
+                                    passive=True)
+    admin.channel = admin.connection.channel()
