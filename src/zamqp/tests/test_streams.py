@@ -689,3 +689,41 @@ def test_amqp_events_travel_over_a_stream_reader(stream, props, start,
     assert wait_for(lambda: pings, 10)
     assert [p.name for p in pings] == ['over a stream']
     assert consumer.status()['position'] == 0
+
+
+def test_a_message_over_max_size_is_dead_lettered_and_passed(
+        stream, props, start, tmp_path, admin):
+    got = Received()
+    consumer = reader(stream, props, got, tmp_path, max_size=1000)
+    start(consumer)
+    time.sleep(0.5)
+    with AMQPProducer(stream, props, confirm=True) as producer:
+        producer(b'x' * 5000)
+        producer('small')
+    assert wait_for(lambda: got.bodies() == ['small'], 10)
+    assert wait_for(lambda: consumer.status()['position'] == 1, 5)
+    status = consumer.status()
+    assert (status['refused'], status['dead_lettered']) == (1, 1)
+    [dead] = admin.take(props.exchange + '.dead')
+    assert 'max_size' in dead.headers['x-zamqp-error'] or \
+        '1000' in dead.headers['x-zamqp-error']
+
+
+def test_a_slow_handler_holds_up_its_own_reader_only(stream, props, start,
+                                                     tmp_path):
+    slow, fast = Received(), Received()
+
+    def sleepy(body, message):
+        time.sleep(0.2)
+        slow(body, message)
+
+    start(reader(stream, props, sleepy, tmp_path, reader='slow'))
+    start(reader(stream, props, fast, tmp_path, reader='fast'))
+    time.sleep(0.5)
+    with AMQPProducer(stream, props, confirm=True) as producer:
+        for n in range(20):
+            producer(n)
+    assert wait_for(lambda: len(fast.items) == 20, 5)
+    assert len(slow.items) < 20
+    assert wait_for(lambda: len(slow.items) == 20, 10)
+    assert slow.bodies() == fast.bodies() == list(range(20))
