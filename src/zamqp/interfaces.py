@@ -256,6 +256,8 @@ class IClientMetrics(Interface):
                       "reconnecting, stopped, failed) state.")
     last_error = Attribute("The text of the last error (secrets scrubbed), "
                            "or None.")
+    stream = Attribute("A stream reader's ``reader``, ``position`` and "
+                       "``lag`` (a dict), else None.")
     labels = Attribute("The Prometheus labels: kind, name, exchange, "
                        "queue, broker (strings).")
 

@@ -139,7 +139,8 @@ class ClientMetrics:
     def __init__(self, kind: str, name: str, exchange: str,
                  queue: str | None, broker: str, counters: dict[str, int],
                  backlog: int | None, state: str | None,
-                 last_error: str | None) -> None:
+                 last_error: str | None,
+                 stream: dict[str, int | None] | None = None) -> None:
         self.kind = kind
         self.name = name
         self.exchange = exchange
@@ -149,13 +150,15 @@ class ClientMetrics:
         self.backlog = backlog
         self.state = state
         self.last_error = last_error
+        self.stream = stream
 
     @property
     def labels(self) -> dict[str, str]:
         return {label: str(getattr(self, label) or '') for label in LABELS}
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, counters=dict(self.counters))
+        return dict(self.__dict__, counters=dict(self.counters),
+                    stream=dict(self.stream) if self.stream else None)
 
     def __repr__(self):
         return f'<ClientMetrics {self.kind} {self.name!r} {self.state}>'
@@ -180,10 +183,15 @@ def snapshot(obj: AMQPProducer | AMQPConsumer,
         backlog = status.get('unconfirmed', 0)
     counters = {counter: int(values.get(counter) or 0)
                 for counter, _help in spec}
+    stream = None
+    if status.get('reader') is not None:
+        stream = {'reader': status['reader'],
+                  'position': status.get('position'),
+                  'lag': status.get('lag')}
     return ClientMetrics(
         kind, obj.queue if name is None else name, props.exchange, queue,
         broker, counters, backlog, status.get('state'),
-        scrub(status.get('last_error'), props))
+        scrub(status.get('last_error'), props), stream)
 
 
 def collect(names: Mapping[int, str] | None = None) -> list[ClientMetrics]:
@@ -260,6 +268,18 @@ def families(metrics: Iterable[ClientMetrics]) -> list[
                     'Producer: messages not confirmed yet or waiting to be '
                     'sent. Consumer: messages delivered that no handler '
                     'began yet (prefetched).', backlog))
+    for key, help_text in (
+            ('position', 'Stream reader: the offset of the last message '
+                         'it is done with.'),
+            ('lag', 'Stream reader: offsets the stream has past its '
+                    'position (at least; the newest is looked at every '
+                    '10 s).')):
+        samples = [(dict(m.labels, reader=m.stream.get('reader') or ''),
+                    m.stream[key]) for m in metrics
+                   if m.stream and m.stream.get(key) is not None]
+        if samples:
+            out.append((f'zamqp_stream_{key}', 'gauge', help_text,
+                        samples))
     states = []
     for m in metrics:
         for state in STATES[m.kind]:

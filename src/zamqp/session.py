@@ -72,6 +72,7 @@ class Session:
         self.tick = max(min(heartbeat / 4.0, 1.0), 0.05) if heartbeat \
             else None
         self.next_tick = time.monotonic()
+        self.next_probe = time.monotonic() + self.lag_interval
         self.poller = self._make_poller()
 
     def current(self):
@@ -146,8 +147,12 @@ class Session:
                 idle = False
             except socket.timeout:
                 pass
-        if self.reader is not None and self.reader.gap is not None:
-            self.check_gap()
+        reader = self.reader
+        if reader is not None:
+            if reader.gap is not None:
+                self.check_gap()
+            if time.monotonic() >= self.next_probe:
+                self.probe_tail()
         # one hand-over per read from the socket, not one per message
         if self.batch and (idle or len(self.batch) >= HAND_OVER
                            or not buffered(conn)):
@@ -176,6 +181,17 @@ class Session:
 
     #: Seconds the stream has to show the reader's position.
     probe_timeout = 1.0
+    #: Seconds between looks at the stream's newest offset (for lag).
+    lag_interval = 10.0
+
+    def probe_tail(self):
+        """Note where the stream's last chunk begins, for the reader's
+        lag (once something was delivered: an empty stream would make
+        the probe wait)."""
+        self.next_probe = time.monotonic() + self.lag_interval
+        if self.reader.last_offset is not None:
+            self.reader.seen_tail(self.first_offset('last',
+                                                    self.probe_timeout))
 
     def check_position(self):
         """Log an error if the stream holds no offset at or after the
@@ -251,8 +267,10 @@ class Session:
             self.step()
         if consumer.busy and self.worker.abandon() is not None:
             logger.warning('consumer %s: a handler still runs after stop; '
-                           'its message goes back to the queue',
-                           consumer.queue_name)
+                           'its message %s', consumer.queue_name,
+                           'is read again from the saved position when '
+                           'the reader starts again' if self.reader
+                           is not None else 'goes back to the queue')
         self.settle()
         self.settlement.flush()
         if self.reader is not None:

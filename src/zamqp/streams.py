@@ -185,9 +185,9 @@ class StreamReader:
     order); it is what ``save()`` writes to ``store`` and where the
     next connection goes on from (the one after it). ``done`` is the
     last offset whose callback returned (worker thread): a message at
-    or before it that comes again (the broker begins a resumed reader
-    at the start of a chunk, a reconnect delivers what was handled but
-    not settled) is skipped, not handled again.
+    or before it that comes again (a reconnect delivers what was
+    handled but not settled; a broker could begin a resumed reader at
+    the start of a chunk) is skipped, not handled again.
     """
 
     def __init__(self, stream: str, reader: str, offsets: object,
@@ -204,6 +204,7 @@ class StreamReader:
         self.expected = None        # the offset a session begins with
         self.pinned = None          # start as a moment, once subscribed
         self.gap = None             # (offset asked for, offset delivered)
+        self.tail = None            # the stream's newest offset, as seen
         self.locked = False
         self._saved_at = time.monotonic()
         self._save_error = None
@@ -328,10 +329,28 @@ class StreamReader:
         if self.done is None or offset > self.done:
             self.done = offset
 
+    def seen_tail(self, offset: int | None) -> None:
+        """The stream's newest offset was found to be at least
+        ``offset``."""
+        if offset is not None and (self.tail is None or offset > self.tail):
+            self.tail = offset
+
+    def lag(self) -> int | None:
+        """How many offsets the stream has past the position (at least;
+        None before anything was delivered)."""
+        tail = self.tail
+        if self.last_offset is not None and (tail is None or
+                                             self.last_offset > tail):
+            tail = self.last_offset
+        if tail is None:
+            return None
+        return max(tail - (-1 if self.position is None else self.position),
+                   0)
+
     def status(self) -> dict[str, Any]:
         return {'reader': self.reader, 'position': self.position,
                 'saved_position': self.saved,
-                'last_offset': self.last_offset}
+                'last_offset': self.last_offset, 'lag': self.lag()}
 
     def __repr__(self):
         return (f'<StreamReader {self.reader!r} of {self.stream!r} at '

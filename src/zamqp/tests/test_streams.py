@@ -727,3 +727,36 @@ def test_a_slow_handler_holds_up_its_own_reader_only(stream, props, start,
     assert len(slow.items) < 20
     assert wait_for(lambda: len(slow.items) == 20, 10)
     assert slow.bodies() == fast.bodies() == list(range(20))
+
+
+def test_lag_is_reported_in_status_and_metrics(stream, props, start,
+                                               tmp_path, monkeypatch):
+    from zamqp import metrics
+    from zamqp.session import Session
+    monkeypatch.setattr(Session, 'lag_interval', 0.2)
+    release = __import__('threading').Event()
+    got = Received()
+
+    def held(body, message):
+        release.wait(10)
+        got(body, message)
+
+    consumer = reader(stream, props, held, tmp_path, prefetch=5)
+    start(consumer)
+    time.sleep(0.5)
+    with AMQPProducer(stream, props, confirm=True) as producer:
+        for n in range(50):
+            producer(n)
+    # the handler holds the first message: the reader is 50 behind, and
+    # sees past its prefetch of 5 by looking at the stream's last chunk
+    assert wait_for(lambda: (consumer.status()['lag'] or 0) >= 45, 5), \
+        consumer.status()
+    text = metrics.render(metrics.collect())
+    lines = [line for line in text.splitlines()
+             if line.startswith('zamqp_stream_lag{') and stream in line]
+    assert len(lines) == 1 and 'reader="r1"' in lines[0]
+    assert int(float(lines[0].rsplit(' ', 1)[1])) >= 45
+    release.set()
+    assert wait_for(lambda: len(got.items) == 50, 10)
+    assert wait_for(lambda: consumer.status()['lag'] == 0, 5)
+    assert consumer.status()['position'] == 49
