@@ -140,8 +140,8 @@ class AMQPConsumer:
     '1h', or a timezone-aware datetime (or ISO text). The position
     advances after the callback returned, so after a crash a reader
     sees the messages since its last saved position again (at least
-    once; positions are saved every ``prefetch // 10`` messages, each
-    second and on stop). A failing callback is called again in the
+    once; positions are saved each second while messages flow, when
+    the reader is idle and on stop). A failing callback is called again in the
     reader, ``max_retries`` times, then its message is dead-lettered
     (default exchange ``<exchange>.dead``) and the reader goes on; an
     undecodable message is dead-lettered at once; nothing is requeued.

@@ -160,8 +160,7 @@ class Session:
         if self.worker.results:
             self.settle()
         settlement = self.settlement
-        if self.reader is not None and self.reader.save_due(
-                idle, settlement.pending, settlement.batch):
+        if self.reader is not None and self.reader.save_due(idle):
             settlement.flush()
             self.reader.save()
         elif settlement.due(idle):

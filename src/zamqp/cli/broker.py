@@ -242,10 +242,11 @@ class Plan:
             mode = getattr(props, 'declare', True)
         self.exchange(props.exchange, props.type,
                       getattr(props, 'exchange_arguments', None))
+        named = consumer.shared or consumer.stream  # not per process
         self.queues[consumer.queue_name] = dict(
             flags=declaration.flags(), arguments=consumer.queue_arguments(),
-            shared=consumer.shared, consumer=name, base=consumer.queue,
-            label=consumer.queue_name if consumer.shared
+            shared=named, consumer=name, base=consumer.queue,
+            label=consumer.queue_name if named
             else f'{consumer.queue}.<random>')
         if mode is True:
             self.declared.update((props.exchange, consumer.queue_name))
@@ -263,7 +264,8 @@ class Plan:
                 self.declared.update((dlx, ))
                 self.binds.append((dlx, dlx, ''))
             self.publishes.append((dlx, consumer.queue, 'dead letters'))
-        if consumer.ack and consumer.max_retries:
+        if consumer.ack and consumer.max_retries and not consumer.stream:
+            # (a stream reader retries in the process)
             self.publishes.append(('', consumer.queue_name, 'retries'))
 
 
@@ -508,9 +510,12 @@ def status(settings, config, as_json):
             record = dict(consumer=name, exchange=consumer.props.exchange,
                           exchange_exists=probe.exchange_exists(
                               consumer.props.exchange),
-                          queue=consumer.queue if consumer.shared else None,
+                          queue=consumer.queue if consumer.shared
+                          or consumer.stream else None,
                           shared=consumer.shared)
-            if consumer.shared:
+            if consumer.stream:
+                record['stream'] = True
+            if consumer.shared or consumer.stream:
                 counts = probe.queue_counts(consumer.queue_name)
                 record['queue_exists'] = counts is not None
                 if isinstance(counts, tuple):
@@ -600,7 +605,11 @@ def _worker_lines(config, as_json):
 def _status_line(record):
     exchange = (f"exchange {record['exchange']!r} "
                 f"{_exists(record['exchange_exists'])}")
-    if record['shared']:
+    if record.get('stream'):
+        queue = (f"stream {record['queue']!r}"
+                 f"{'' if record.get('queue_exists') else ' MISSING'} "
+                 "(its size: rabbitmqctl list_queues name messages)")
+    elif record['shared']:
         if record.get('queue_exists'):
             queue = (f"shared queue {record['queue']!r}: "
                      f"{record['messages']} message(s), "

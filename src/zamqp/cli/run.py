@@ -182,6 +182,11 @@ def _serve_metrics(config, run):
 
 def _describe(config, name):
     consumer = config.consumers[name]
-    kind = f'shared queue {consumer.queue!r}' if consumer.shared \
-        else 'a queue of its own'
+    if consumer.options.get('stream'):
+        kind = (f"stream {consumer.queue!r} as reader "
+                f"{consumer.options.get('reader')!r}")
+    elif consumer.shared:
+        kind = f'shared queue {consumer.queue!r}'
+    else:
+        kind = 'a queue of its own'
     return f'{name} ({kind} on exchange {consumer.props.exchange!r})'

@@ -885,6 +885,38 @@ def test_check_status_topology_change_nothing(exchange, admin, tmp_path):
         admin.delete_queue(name)
 
 
+def test_check_status_topology_of_a_stream_reader(exchange, admin,
+                                                 tmp_path):
+    stream = unique('zamqp.test.cli.stream')
+    config = write_config(tmp_path, f"""
+[connection]
+exchange = {exchange}
+
+[consumer news]
+handler = zamqp.tests.clihandlers.record
+stream = yes
+reader = worker1
+offsets = {tmp_path / 'offsets'}
+""")
+    try:
+        result = run('check', config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"configure queue {stream!r}" not in result.stdout
+        assert "configure queue 'news': does not exist" in result.stdout
+        assert '<random>' not in result.stdout
+        assert 'retries' not in result.stdout   # retried in the reader
+        topology = run('topology', config)
+        assert "queue 'news' of news (durable) arguments {'x-queue-type': " \
+            "'stream'" in topology.stdout
+        status = run('status', config)
+        assert "news: exchange " in status.stdout and \
+            "stream 'news' MISSING" in status.stdout
+    finally:
+        admin.delete_queue('news')
+        admin.delete_exchange(exchange + '.dead')
+        admin.delete_queue(exchange + '.dead')
+
+
 def test_check_without_config_only_connects():
     result = run('check')
     assert result.returncode == 0, result.stderr
