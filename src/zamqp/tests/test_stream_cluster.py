@@ -406,9 +406,10 @@ def test_a_quorum_queue_loses_no_confirmed_message_when_its_leader_dies(
 
 # 4. a producer nacked while a quorum queue had no leader
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason='the producer keeps a channel whose '
-                   'publishes RabbitMQ nacks for good (remove this mark '
-                   'once it opens a new channel after a nack)')
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason='the '
+                   'producer keeps a channel whose publishes RabbitMQ nacks '
+                   'for good (remove this mark once it opens a new channel '
+                   'after a nack)')
 def test_a_producer_nacked_while_the_quorum_leader_was_down_goes_on(
         nodes, threads):
     """RabbitMQ 3.10 nacks a publish to a quorum queue whose leader just
@@ -436,7 +437,7 @@ def test_a_producer_nacked_while_the_quorum_leader_was_down_goes_on(
     finally:
         producer.close()
     _, first_after = publisher.first_confirm_after(killed)
-    report(f'quorum queue, leader killed -9: the producer '
+    report('quorum queue, leader killed -9: the producer '
            + (f'confirmed again {first_after - killed:.1f} s after the '
               f'kill ({publisher.failed} publishes raised)' if went_on else
               f'had {publisher.failed} publishes raised and '
