@@ -78,6 +78,7 @@ ZOPE_TESTS = frozenset([
     'src/zamqp/tests/test_startup_checks.py',
     'src/zamqp/tests/test_status_page.py',
     'src/zamqp/tests/test_status_report.py',
+    'src/zamqp/tests/test_stream_cluster.py',
     'src/zamqp/tests/test_stream_faults.py',
     'src/zamqp/tests/test_stream_zope.py',
     'src/zamqp/tests/test_status_views.py',

@@ -35,9 +35,12 @@ logger = logging.getLogger(__name__)
 #: Errors that end a connection's use: the socket or the protocol failed
 #: (a consumer reconnects after them).
 CONNECTION_LOST = (OSError, amqp_errors.AMQPError)
-#: Errors after which the same call may work again (broker down, cut).
+#: Errors after which the same call may work again (broker down, cut;
+#: 541 INTERNAL_ERROR, as a cluster node answers for a moment after a
+#: stream's or quorum queue's leader died).
 RECOVERABLE = (OSError, amqp_errors.RecoverableConnectionError,
-               amqp_errors.RecoverableChannelError)
+               amqp_errors.RecoverableChannelError,
+               amqp_errors.InternalError)
 
 
 def explain(exc, props, operation, address=None):

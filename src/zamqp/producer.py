@@ -288,6 +288,7 @@ class AMQPProducer:
         self._connected_once = False    # reconnect only after a success
         self._closed = False        # close() runs
         self._later = collections.deque()   # records queued without lock
+        self._nacked = False        # the broker nacked on this channel
         _metrics.register(self)
 
     @property
@@ -431,7 +432,23 @@ class AMQPProducer:
         self._retrying = True
         return first and not isinstance(exc, ConnectionFailed)
 
+    def _on_nack(self, *args):
+        """A nack: RabbitMQ may nack every later publish on that channel
+        (a quorum queue whose leader died), so the next publish or wait
+        opens a new connection (zamqp.window.ConfirmWindow keeps what
+        was nacked)."""
+        self._nacked = True
+
+    def _renew_after_nack(self):
+        if self._nacked and self._channel is not None:
+            logger.warning('the broker nacked a message on the channel to '
+                           '%s; publishing goes on on a new connection',
+                           self.props.url())
+            self._nacked = False
+            self._lost()
+
     def _send(self, msg, key, record, deadline):
+        self._renew_after_nack()
         channel = self._channel
         if channel is None or channel is not self.connection._channel:
             channel = self._setup(deadline)
@@ -484,6 +501,8 @@ class AMQPProducer:
             window.channel_lost()
             channel.events['basic_ack'].add(window.ack)
             channel.events['basic_nack'].add(window.nack)
+            channel.events['basic_nack'].add(self._on_nack)
+            self._nacked = False
             channel.confirm_select()
             readiness = self.connection._readiness
             if readiness is not None:
@@ -793,6 +812,7 @@ class AMQPProducer:
         cause = None
         while outstanding():
             try:
+                self._renew_after_nack()
                 if self._channel is None or \
                         self._channel is not self.connection._channel:
                     self._setup(deadline)

@@ -1,9 +1,17 @@
 """The queue a consumer reads: its declaration, bindings and dead letters."""
+import logging
+
+from amqp import exceptions as amqp_errors
+
 from zamqp import topology
 from zamqp.connection import AMQPConnection
 from zamqp.exceptions import ConfigurationError
 
 QUEUE_TYPES = (None, 'classic', 'quorum')
+#: Queue types replicated across a cluster's nodes.
+REPLICATED = ('quorum', 'stream')
+
+logger = logging.getLogger(__name__)
 
 
 def quorum_delivery_limit(max_retries):
@@ -114,7 +122,10 @@ class ConsumerConnection(AMQPConnection):
 
     The dead-letter exchange is a durable fanout exchange; a durable queue
     of the same name is bound to it, so dead letters wait there until
-    someone looks at them.
+    someone looks at them. That queue is declared only where it does not
+    exist yet (whoever declares it first chooses its type): a quorum
+    queue for consumers of quorum queues and streams, so that it lives
+    on when a node of a cluster is down, else a classic one.
     """
 
     def __init__(self, declaration, props, routing_key=None):
@@ -141,8 +152,12 @@ class ConsumerConnection(AMQPConnection):
         dlx = self.declaration.dead_letter_exchange
         if dlx:
             declarer.exchange(dlx, 'fanout')
-            if self.declare_mode is True:
-                declarer.queue(dlx, durable=True, auto_delete=False)
+            if self.declare_mode is True and \
+                    not _queue_exists(channel.connection, dlx):
+                arguments = {'x-queue-type': 'quorum'} if \
+                    self.declaration.queue_type in REPLICATED else None
+                declarer.queue(dlx, durable=True, auto_delete=False,
+                               arguments=arguments)
                 declarer.bind(dlx, dlx, '')
         props = self.props
         declarer.exchange(props.exchange, props.type,
@@ -151,3 +166,25 @@ class ConsumerConnection(AMQPConnection):
                        **self.queue_flags)
         declarer.bind(self.queue, props.exchange, self.routing_key,
                       self.declaration.binding_arguments)
+
+
+def _queue_exists(connection, name):
+    """Whether queue ``name`` exists (on a channel of its own, which a
+    missing queue closes); a queue on a node that is down exists."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, passive=True)
+    except amqp_errors.NotFound as exc:
+        if 'down or inaccessible' not in (exc.reply_text or ''):
+            return False
+        logger.warning('queue %r is on a node that is down (%s): what is '
+                       'routed to it may not be kept until that node is '
+                       'back', name, exc.reply_text)
+        return True
+    except amqp_errors.ResourceLocked:
+        return True
+    try:
+        channel.close()
+    except Exception:       # noqa: BLE001 - only a check
+        pass
+    return True

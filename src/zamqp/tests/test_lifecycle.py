@@ -256,6 +256,7 @@ def test_producer_reconnects_after_close_under_it(props, start):
     start(AMQPConsumer('reco', props, got.append))
     producer = AMQPProducer('reco', props)
     producer('before')
+    producer.flush()        # confirmed: not sent again on the new one
     old = producer.connection.connection
     old.close()                        # closed behind the producer's back
     producer('after')

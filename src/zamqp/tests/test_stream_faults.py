@@ -71,11 +71,16 @@ def note(event):
     event.site.notes.append(event.body)
 
 
-def zope_reader(stream, props, db, name):
-    """A stream consumer as zamqp.zope.spec makes it: handler in a ZODB
-    transaction, position committed with it."""
+def note_offset(event):
+    event.site.notes.append(
+        (event.body, event.message.headers['x-stream-offset']))
+
+
+def zope_reader(stream, props, db, name, handler=note):
+    """A stream consumer as zamqp.zope.spec makes it: ``handler`` in a
+    ZODB transaction, the position committed with it."""
     store = ZODBOffsetStore(db)
-    delivery = Delivery(name, note, in_context=InZope(
+    delivery = Delivery(name, handler, in_context=InZope(
         db, position=TransactionalPosition(store, stream, name)))
     return AMQPConsumer(stream, props, delivery, stream=True, reader=name,
                         offsets=store, pass_message=True)

@@ -31,6 +31,7 @@ from zamqp.testhelpers import broker_props
 from zamqp.testhelpers import broker_url
 from zamqp.testhelpers import unique
 from zamqp.testhelpers import wait_for
+from zamqp.tests import brokers
 
 UTC = datetime.timezone.utc
 
@@ -760,3 +761,50 @@ def test_lag_is_reported_in_status_and_metrics(stream, props, start,
     assert wait_for(lambda: len(got.items) == 50, 10)
     assert wait_for(lambda: consumer.status()['lag'] == 0, 5)
     assert consumer.status()['position'] == 49
+
+
+def test_a_broker_internal_error_is_recoverable():
+    """541 INTERNAL_ERROR: what a cluster node answers for a moment
+    after a stream's leader died; the reader tries again."""
+    from amqp import exceptions as amqp_errors
+    from zamqp.connection import explain
+    error = explain(amqp_errors.InternalError('', method_sig=(60, 20)),
+                    broker_props(), 'basic_consume')
+    assert error.recoverable
+
+
+def _queue_type(name):
+    out = subprocess.run(['rabbitmqctl', 'list_queues', 'name', 'type',
+                          '--formatter', 'json'], capture_output=True,
+                         text=True, timeout=60).stdout
+    return {row['name']: row['type'] for row in json.loads(out)}.get(name)
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    brokers.missing(), reason='RabbitMQ is not installed on this machine '
+    '(ZAMQP_TEST_URL points elsewhere); CI requires it')
+
+
+@needs_rabbitmqctl
+@pytest.mark.parametrize('first', ['stream', 'classic'])
+def test_the_dead_letter_queue_is_replicated_for_streams_and_shared(
+        stream, props, start, tmp_path, admin, first):
+    """A stream reader declares its dead-letter queue a quorum queue
+    (it lives on when a node is down); whoever declares it first chooses
+    its type, and the other consumers of the exchange use it as it is."""
+    dead = props.exchange + '.dead'
+    readers = [lambda: reader(stream, props, Received(), tmp_path),
+               lambda: AMQPConsumer(stream + '.work', props, print,
+                                    shared=True)]
+    if first == 'classic':
+        readers.reverse()
+    try:
+        for make in readers:
+            consumer = make()
+            start(consumer)
+            assert consumer.status()['state'] == 'consuming', \
+                consumer.status()
+        assert _queue_type(dead) == ('quorum' if first == 'stream'
+                                     else 'classic')
+    finally:
+        admin.delete_queue(stream + '.work')
