@@ -314,6 +314,21 @@ class AMQPConnection:
             self._readiness = Readiness(self.connection)
         self._channel = channel
 
+    def new_channel(self) -> amqp.Channel:
+        """Replace the channel with a new one on the same connection
+        (the old one is closed; nothing is declared again)."""
+        if self.connection is None:
+            return self.channel
+        old, channel = self._channel, self.connection.channel()
+        channel.auto_decode = False
+        self._channel = channel
+        if old is not None:
+            try:
+                old.close()
+            except Exception:       # noqa: BLE001 - it goes anyway
+                logger.debug('closing the old channel failed')
+        return channel
+
     def poll(self) -> None:
         """Handle what the broker sent, if anything, without waiting.
 

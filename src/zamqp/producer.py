@@ -23,6 +23,7 @@ from zamqp import window as _window_module
 from zamqp.backoff import Backoff
 from zamqp.backoff import broker_away
 from zamqp.connection import AMQPConnection
+from zamqp.connection import CONNECTION_LOST
 from zamqp.transport import set_write_timeout
 from zamqp.exceptions import ConnectionFailed
 from zamqp.exceptions import NotConfirmed
@@ -289,6 +290,7 @@ class AMQPProducer:
         self._closed = False        # close() runs
         self._later = collections.deque()   # records queued without lock
         self._nacked = False        # the broker nacked on this channel
+        self._last_connection = None    # py-amqp's, of the last setup
         _metrics.register(self)
 
     @property
@@ -435,17 +437,29 @@ class AMQPProducer:
     def _on_nack(self, *args):
         """A nack: RabbitMQ may nack every later publish on that channel
         (a quorum queue whose leader died), so the next publish or wait
-        opens a new connection (zamqp.window.ConfirmWindow keeps what
-        was nacked)."""
+        opens a new channel (zamqp.window.ConfirmWindow keeps what was
+        nacked; what was not confirmed yet is sent again on it)."""
         self._nacked = True
 
     def _renew_after_nack(self):
-        if self._nacked and self._channel is not None:
-            logger.warning('the broker nacked a message on the channel to '
-                           '%s; publishing goes on on a new connection',
-                           self.props.url())
-            self._nacked = False
-            self._lost()
+        if not self._nacked or self._channel is None:
+            return
+        self._nacked = False
+        logger.warning('the broker nacked a message published to %r on '
+                       '%s; publishing goes on on a new channel',
+                       self.props.exchange, self.props.url())
+        try:    # what the old channel confirms is not sent again
+            self._drain(lambda: bool(self.window.pending),
+                        time.monotonic() + min(self.confirm_timeout, 2.0))
+        except CONNECTION_LOST as exc:
+            self._lost(exc)
+            return
+        self.window.channel_lost()
+        self._channel = None
+        try:
+            self.connection.new_channel()
+        except CONNECTION_LOST as exc:
+            self._lost(exc)
 
     def _send(self, msg, key, record, deadline):
         self._renew_after_nack()
@@ -488,8 +502,9 @@ class AMQPProducer:
         channel.events['basic_return'].add(self._on_return)
         self._published = 0
         self._opened = time.time()
-        if self._connected_once:
+        if self._connected_once and conn is not self._last_connection:
             self.stats.count('reconnects')
+        self._last_connection = conn
         self._connected_once = True
         if self._down:
             logger.info('connected to %s again; publishing to %r goes on',

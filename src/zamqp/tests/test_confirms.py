@@ -377,3 +377,33 @@ def test_zcml_producer_confirm_defaults_to_the_window(registry):
                        exchange=broker_props().exchange), context=context)
     producer = zope.component.getUtility(IProducer, 'plain')
     assert producer.confirm is None and not producer.mandatory
+
+
+def test_after_a_nack_the_producer_publishes_on_a_new_channel(
+        confirming, direct, admin):
+    """RabbitMQ 3.10 nacks every publish on a channel that published to
+    a quorum queue while it had no leader (test_stream_cluster): after
+    a nack the producer goes on on a new channel of the same
+    connection, and what the old one confirmed is not sent again."""
+    confirming('before')
+    connection = confirming.connection.connection
+    old = confirming.connection.channel
+    with pytest.raises(NotConfirmed):
+        confirming('rejected', routing_key='full')
+    confirming('after')
+    assert confirming.connection.channel is not old
+    assert confirming.connection.connection is connection
+    assert confirming.status()['reconnects'] == 0
+    assert bodies(admin, direct.queues['q']) == ['before', 'after']
+
+
+def test_a_nack_in_the_window_sends_nothing_twice(direct, admin):
+    with AMQPProducer('q', direct) as producer:     # the confirm window
+        for n in range(50):
+            producer(n, routing_key='full' if n == 20 else None)
+        with pytest.raises(NotConfirmed):
+            producer.flush()
+        producer('last')
+        producer.flush()
+    assert bodies(admin, direct.queues['q']) == \
+        [n for n in range(50) if n != 20] + ['last']
