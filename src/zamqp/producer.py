@@ -442,7 +442,7 @@ class AMQPProducer:
         self._nacked = True
 
     def _renew_after_nack(self):
-        if not self._nacked or self._channel is None:
+        if self._channel is None:
             return
         self._nacked = False
         logger.warning('the broker nacked a message published to %r on '
@@ -462,7 +462,8 @@ class AMQPProducer:
             self._lost(exc)
 
     def _send(self, msg, key, record, deadline):
-        self._renew_after_nack()
+        if self._nacked:
+            self._renew_after_nack()
         channel = self._channel
         if channel is None or channel is not self.connection._channel:
             channel = self._setup(deadline)
@@ -827,7 +828,8 @@ class AMQPProducer:
         cause = None
         while outstanding():
             try:
-                self._renew_after_nack()
+                if self._nacked:
+                    self._renew_after_nack()
                 if self._channel is None or \
                         self._channel is not self.connection._channel:
                     self._setup(deadline)
