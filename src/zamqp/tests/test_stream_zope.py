@@ -315,6 +315,8 @@ class BroadcastOverAStreamTests(ZODBTestCase):
         self.queue = unique('zamqp.test.zbroadcast')
         admin = Admin()
         self.addCleanup(admin.close)
+        self.addCleanup(admin.delete_queue, self.exchange + '.dead')
+        self.addCleanup(admin.delete_exchange, self.exchange + '.dead')
         self.addCleanup(admin.delete_exchange, self.exchange)
         self.addCleanup(admin.delete_queue, self.queue)
         zca.pushGlobalRegistry()
