@@ -47,7 +47,6 @@ MAX_SEGMENT_SIZE_BYTES = 50_000_000
 RETRY_FIRST, RETRY_CAP = 0.1, 2.0
 #: Seconds between saves of the position while messages flow.
 SAVE_INTERVAL = 1.0
-_UNSET = object()
 
 
 def check_interval(value: object, setting: str) -> str:
