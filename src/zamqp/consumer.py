@@ -556,11 +556,7 @@ class AMQPConsumer:
             self._refused(message, exc)
             return
         try:
-            with _tracing.receiving(message):
-                if self.pass_message:
-                    self.callback(body, message)
-                else:
-                    self.callback(body)
+            self._call(body, message)
         except MessageRefused as exc:   # the callback refused it: no retry
             if not self._given_back(message, exc):
                 self._refused(message, exc)
