@@ -1,9 +1,11 @@
 """A publish fast path: the frames of one Basic.Publish, built directly.
 
-A building block for issue 13 (not yet used by the producer).
-:class:`PublishFrames` is made for one (channel, exchange, routing key,
-mandatory, frame_max); it packs the Basic.Publish method frame once and,
-for each message, returns the bytes py-amqp's frame writer
+:class:`ChannelWriter` is what the producer publishes with: it sends a
+message through :class:`PublishFrames` when that accepts it and through
+py-amqp's ``basic_publish`` otherwise. :class:`PublishFrames` is made
+for one (channel, exchange, routing key, mandatory, frame_max); it
+packs the Basic.Publish method frame once and, for each message,
+returns the bytes py-amqp's frame writer
 (``amqp.method_framing.frame_writer``) would write for
 ``channel.basic_publish(amqp.Message(body, **properties), exchange,
 routing_key, mandatory=mandatory)``: the method frame, the content header
@@ -54,12 +56,15 @@ its cache is replaced in one assignment and read once per message.
 from __future__ import annotations
 
 import calendar
+import socket
 import struct
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ('PublishFrames', 'MAX_DEPTH', 'PROPERTY_NAMES')
+from amqp.exceptions import RecoverableConnectionError
+
+__all__ = ('ChannelWriter', 'PublishFrames', 'MAX_DEPTH', 'PROPERTY_NAMES')
 
 #: py-amqp's Basic property names, in the order of their flag bits
 #: (bit 15 first), with their types ('s' short string, 'F' table,
@@ -382,3 +387,82 @@ class PublishFrames:
         tests and diagnostics; a caller should call build and fall back
         on None)."""
         return self.build(properties, body) is not None
+
+
+class ChannelWriter:
+    """Publishes ``amqp.Message`` objects on one py-amqp channel to one
+    exchange: the frames of :class:`PublishFrames` where it accepts the
+    message, ``channel.basic_publish`` (py-amqp's path) where it declines.
+
+    Contract: ``publish(msg, routing_key)`` has the effect of
+    ``channel.basic_publish(msg, exchange, routing_key,
+    mandatory=mandatory)``: the same bytes on the socket, the same
+    exceptions (``RecoverableConnectionError`` for a closed connection
+    or a write timeout, the socket's ``OSError`` otherwise, with the
+    transport marked disconnected as py-amqp's ``write`` does), and the
+    same draining of the socket first when the connection negotiated
+    ``connection.blocked`` in its ``client_properties`` (zamqp's
+    PublisherConnection hides it and polls instead). The fast path writes
+    all frames of a message in one ``write``; it is not under py-amqp's
+    frame-writer lock, so the caller must serialize the writes on the
+    connection (the producer's lock does: heartbeats are off on
+    publishing connections).
+
+    ``fast`` and ``declined`` count the messages of each path.
+    """
+
+    #: Routing keys whose method frames are kept (cleared when full).
+    MAX_KEYS = 256
+
+    def __init__(self, channel, exchange: str, mandatory: bool = False):
+        self.channel = channel
+        self.exchange = exchange
+        self.mandatory = mandatory
+        self.fast = 0
+        self.declined = 0
+        self._frames: dict = {}
+
+    def _frames_for(self, routing_key, frame_max):
+        frames = self._frames.get(routing_key)
+        if frames is not None and frames.frame_max == frame_max:
+            return frames
+        try:
+            frames = PublishFrames(self.channel.channel_id, self.exchange,
+                                   routing_key, self.mandatory, frame_max)
+        except (TypeError, ValueError, struct.error):
+            return None         # py-amqp's path raises (or copes)
+        if len(self._frames) >= self.MAX_KEYS:
+            self._frames.clear()
+        self._frames[routing_key] = frames
+        return frames
+
+    def publish(self, msg, routing_key: str) -> None:
+        channel = self.channel
+        conn = channel.connection
+        data = None
+        if conn is not None and conn.transport is not None:
+            frames = self._frames_for(routing_key, conn.frame_max)
+            if frames is not None:
+                data = frames.build(msg.properties, msg.body)
+        if data is None:
+            self.declined += 1
+            channel.basic_publish(msg, self.exchange, routing_key,
+                                  mandatory=self.mandatory)
+            return
+        if conn.client_properties.get('capabilities', {}).get(
+                'connection.blocked', False):
+            try:        # as py-amqp: see what the broker sent first
+                conn.drain_events(timeout=0)
+            except socket.timeout:
+                pass
+            conn = channel.connection
+            if conn is None or conn.transport is None:
+                raise RecoverableConnectionError(
+                    'connection already closed')
+        try:
+            conn.transport.write(data)
+        except (socket.timeout, TimeoutError):
+            raise RecoverableConnectionError(
+                'basic_publish: timed out') from None
+        conn.bytes_sent += 1
+        self.fast += 1

@@ -26,6 +26,7 @@ from zamqp.connection import AMQPConnection
 from zamqp.connection import CONNECTION_LOST
 from zamqp.transport import set_write_timeout
 from zamqp.exceptions import ConnectionFailed
+from zamqp.fastpublish import ChannelWriter
 from zamqp.exceptions import NotConfirmed
 from zamqp.exceptions import PublishBlocked
 from zamqp.exceptions import PublishFailed
@@ -291,6 +292,7 @@ class AMQPProducer:
         self._later = collections.deque()   # records queued without lock
         self._nacked = False        # the broker nacked on this channel
         self._last_connection = None    # py-amqp's, of the last setup
+        self._writer = None         # ChannelWriter of the channel in use
         _metrics.register(self)
 
     @property
@@ -469,8 +471,7 @@ class AMQPProducer:
             channel = self._setup(deadline)
         self.connection.poll()
         if record is None:
-            channel.basic_publish(msg, self.props.exchange, key,
-                                  mandatory=self.mandatory)
+            self._write(channel, msg, key)
             self._published += 1
             self.stats.count('published')
             self._retrying = False
@@ -485,12 +486,20 @@ class AMQPProducer:
         if window.full or self.connection.connection.blocked is not None:
             self._make_room(deadline, msg)
             now = time.monotonic()
-        channel.basic_publish(msg, self.props.exchange, key,
-                              mandatory=self.mandatory)
+        self._write(channel, msg, key)
         window.sent(record, now + self.confirm_timeout)
         self._retrying = False
         if self._keeper is None:
             self._keep()
+
+    def _write(self, channel, msg, key):
+        """Publish on ``channel`` (under the lock): py-amqp's
+        basic_publish, fast where zamqp.fastpublish builds the frames."""
+        writer = self._writer
+        if writer is None or writer.channel is not channel:
+            writer = self._writer = ChannelWriter(
+                channel, self.props.exchange, self.mandatory)
+        writer.publish(msg, key)
 
     def _setup(self, deadline):
         """Open the connection, put the channel in confirm mode and
@@ -553,8 +562,7 @@ class AMQPProducer:
             if conn.blocked is not None:
                 self._make_room(deadline, room=False)
             if window.orphans and window.orphans[0] is record:
-                channel.basic_publish(record.msg, self.props.exchange,
-                                      record.key, mandatory=self.mandatory)
+                self._write(channel, record.msg, record.key)
                 window.orphans.popleft()
                 if record.sends:
                     resent += 1

@@ -6,15 +6,18 @@ connection (frame_max, client_properties) whose transport only collects
 the bytes written. PublishFrames.build must return exactly those bytes,
 or None (decline); wherever py-amqp raises, it must decline.
 
-Pure unit tests: no broker. No example database is written; under $CI
+Pure unit tests without a broker, but for one test of ChannelWriter
+through RabbitMQ. No example database is written; under $CI
 the examples are derandomized.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 import tempfile
+import time
 from collections import OrderedDict
 from datetime import date
 from datetime import datetime
@@ -31,7 +34,10 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from zamqp import AMQPProps
+from zamqp.fastpublish import ChannelWriter
 from zamqp.fastpublish import PublishFrames
+from zamqp.testhelpers import broker_url
 
 CI = bool(os.environ.get('CI'))
 if not os.environ.get('HYPOTHESIS_STORAGE_DIRECTORY'):
@@ -401,3 +407,173 @@ def test_cache_compares_types_first():
     frames = PublishFrames(1, 'ex', 'rk', False, 4096)
     assert frames.build({'content_type': 'a'}, b'x') is not None
     assert frames.build({'content_type': _NoEquality()}, b'x') is None
+
+
+# -- ChannelWriter: the producer's publish, fast or through py-amqp ---------
+
+class _Channel(amqp.Channel):
+    """A py-amqp channel on a stub connection (no broker): its
+    basic_publish is py-amqp's own."""
+
+    def __init__(self, connection, channel_id):   # noqa: D107 - stub
+        self.connection = connection
+        self.channel_id = channel_id
+
+
+def _written(connection):
+    data = b''.join(connection.transport.written)
+    connection.transport.written.clear()
+    return data
+
+
+def _publish_both(channel_id, exchange, routing_key, mandatory, frame_max,
+                  messages):
+    """(ChannelWriter's bytes or error, py-amqp's) for each message."""
+    fast_conn = _Connection(frame_max)
+    writer = ChannelWriter(_Channel(fast_conn, channel_id), exchange,
+                           mandatory)
+    slow_conn = _Connection(frame_max)
+    slow = _Channel(slow_conn, channel_id)
+    results = []
+    for properties, body in messages:
+        try:
+            amqp.Message(body, **properties)
+        except Exception:       # noqa: BLE001 - no message to publish
+            continue
+        outcome = []
+        for publish, conn in (
+                (lambda m: writer.publish(m, routing_key), fast_conn),
+                (lambda m: slow.basic_publish(m, exchange, routing_key,
+                                              mandatory=mandatory),
+                 slow_conn)):
+            try:
+                publish(amqp.Message(body, **properties))
+                outcome.append(_written(conn))
+            except Exception as exc:    # the same exception type
+                outcome.append(type(exc))
+        results.append(tuple(outcome))
+    return writer, results, fast_conn, slow_conn
+
+
+@diff_settings(80)
+@given(channel_id=CHANNEL, exchange=SHORTSTR, routing_key=SHORTSTR,
+       mandatory=st.booleans(), frame_max=FRAME_MAX,
+       messages=st.lists(st.tuples(st.one_of(PROPERTIES, ODD_PROPERTIES),
+                                   st.one_of(st.binary(max_size=9000),
+                                             TEXT)),
+                         min_size=1, max_size=4))
+def test_writer_same_bytes_and_errors_as_basic_publish(
+        channel_id, exchange, routing_key, mandatory, frame_max, messages):
+    """Messages fast or declined (str bodies, odd properties): the
+    writer puts on the wire what basic_publish does, or raises what it
+    raises, and counts each message once."""
+    writer, results, fast_conn, slow_conn = _publish_both(
+        channel_id, exchange, routing_key, mandatory, frame_max, messages)
+    for fast, slow in results:
+        assert fast == slow
+    sent = sum(1 for fast, _ in results if isinstance(fast, bytes))
+    assert fast_conn.bytes_sent == slow_conn.bytes_sent == sent
+    assert writer.fast + writer.declined == len(results)
+
+
+def test_writer_counts_paths():
+    conn = _Connection(131072)
+    writer = ChannelWriter(_Channel(conn, 1), 'ex', False)
+    writer.publish(amqp.Message(b'x', delivery_mode=2), 'key')
+    writer.publish(amqp.Message('text'), 'key')          # str: declined
+    assert (writer.fast, writer.declined) == (1, 1)
+    assert conn.bytes_sent == 2
+
+
+def test_writer_long_routing_key_raises_as_py_amqp():
+    conn = _Connection(131072)
+    writer = ChannelWriter(_Channel(conn, 1), 'ex', False)
+    with pytest.raises(struct.error):
+        writer.publish(amqp.Message(b'x'), 'k' * 256)
+    assert writer.declined == 1 and not conn.transport.written
+
+
+def test_writer_closed_connection_raises_as_py_amqp():
+    channel = _Channel(None, 1)
+    with pytest.raises(amqp.exceptions.RecoverableConnectionError):
+        ChannelWriter(channel, 'ex').publish(amqp.Message(b'x'), 'key')
+
+
+class _TimingOut(_Transport):
+    def write(self, data):
+        raise socket.timeout('timed out')
+
+
+def test_writer_write_timeout_is_a_connection_error_as_in_py_amqp():
+    raised = []
+    for use_writer in (True, False):
+        conn = _Connection(131072)
+        conn.transport = _TimingOut()
+        conn.frame_writer = frame_writer(conn, conn.transport)
+        channel = _Channel(conn, 1)
+        with pytest.raises(Exception) as info:
+            if use_writer:
+                ChannelWriter(channel, 'ex').publish(amqp.Message(b'x'), 'k')
+            else:
+                channel.basic_publish(amqp.Message(b'x'), 'ex', 'k')
+        raised.append(type(info.value))
+    assert raised[0] is raised[1]
+
+
+def test_writer_drains_first_when_blocked_capability_is_on():
+    """With connection.blocked in client_properties py-amqp reads what
+    the broker sent (a connection.blocked) before it publishes; so does
+    the writer, and a connection closed by that read is an error."""
+    calls = []
+    for use_writer in (True, False):
+        conn = _Connection(131072)
+        conn.client_properties = {'capabilities': {'connection.blocked':
+                                                   True}}
+        conn.drain_events = lambda timeout, c=conn: calls.append(
+            (use_writer, timeout))
+        channel = _Channel(conn, 1)
+        message = amqp.Message(b'x')
+        if use_writer:
+            ChannelWriter(channel, 'ex').publish(message, 'k')
+        else:
+            channel.basic_publish(message, 'ex', 'k')
+    assert calls == [(True, 0), (False, 0)]
+
+
+def test_writer_on_a_real_broker(admin):
+    """Through RabbitMQ: what the fast path sends arrives whole, with
+    every property, in order with what py-amqp's path sent."""
+    name = f'zamqp.test.fastpublish.{os.getpid()}'
+    admin.channel.queue_declare(name, durable=True, auto_delete=False)
+    props = AMQPProps(url=broker_url())
+    conn = amqp.Connection(props.address, userid=props.user,
+                           password=props.password,
+                           virtual_host=props.virtual_host)
+    conn.connect()
+    try:
+        channel = conn.channel()
+        writer = ChannelWriter(channel, '')
+        big = bytes(range(256)) * 2000          # 512 KB: many body frames
+        sent = [amqp.Message(b'one', message_id='1', delivery_mode=2,
+                             application_headers={'a': [1, 'b', 2.5]}),
+                amqp.Message('two'),            # str: py-amqp's path
+                amqp.Message(big, content_type='application/octet-stream',
+                             timestamp=12345, priority=3)]
+        for msg in sent:
+            writer.publish(msg, name)
+        assert (writer.fast, writer.declined) == (2, 1)
+        deadline = time.monotonic() + 10
+        while admin.queue_depth(name) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = admin.take(name)
+        assert [m.body for m in got] == [b'one', 'two', big]  # utf-8 text
+        first, _, last = (m.properties for m in got)
+        assert first['application_headers'] == {'a': [1, 'b', 2.5]}
+        assert first['message_id'] == '1' and first['delivery_mode'] == 2
+        assert last['timestamp'] in (12345, datetime.fromtimestamp(
+            12345, timezone.utc))  # py-amqp 5.4: int, 5.3: datetime
+        assert last['priority'] == 3
+        assert last['content_type'] == 'application/octet-stream'
+    finally:
+        conn.close()
+        admin.channel.queue_delete(name)
