@@ -179,7 +179,14 @@ class FrameHandler:
         def dispatching():
             return None if current is None else (current_channel, current)
 
+        def set_dispatching(channel, msg):
+            """For zamqp.fastconsume: ``msg`` is handed to the callback
+            now (None: it returned)."""
+            nonlocal current_channel, current
+            current_channel, current = channel, msg
+
         self._dispatching = dispatching
+        self.set_dispatching = set_dispatching
 
         def on_frame(frame, unpack_from=unpack_from,
                      Message=InboundMessage,

@@ -5,6 +5,7 @@ import socket
 import time
 
 from zamqp import frames
+from zamqp.fastconsume import BufferReader
 from zamqp import streams
 from zamqp.logtext import message_id
 from zamqp.settlement import Settlement
@@ -53,6 +54,7 @@ class Session:
         self.batch = []         # delivered, not handed to the worker yet
         self.tick = self.next_tick = None
         self.poller = None
+        self.fast = None        # the BufferReader, on plain TCP
 
     def start(self):
         """Set the prefetch, install the frame handler, start consuming."""
@@ -74,6 +76,8 @@ class Session:
         self.next_tick = time.monotonic()
         self.next_probe = time.monotonic() + self.lag_interval
         self.poller = self._make_poller()
+        if self.poller is not None:
+            self.fast = BufferReader(self.conn, self.frames)
 
     def current(self):
         """The delivery the frame handler works on, or None."""
@@ -111,7 +115,7 @@ class Session:
     def readable(self, timeout):
         """Wait until the socket has data (True) or the worker has
         results or ``timeout`` passed (False)."""
-        if self.poller is None or buffered(self.conn):
+        if self.poller is None or self.waiting():
             return True
         worker = self.worker
         worker.sleeping = True
@@ -129,6 +133,12 @@ class Session:
                 readable = True
         return readable
 
+    def waiting(self):
+        """Whether frames read from the socket wait to be handled."""
+        if self.fast is not None:
+            return self.fast.has_frame()
+        return buffered(self.conn)
+
     def busy(self):
         consumer = self.consumer
         return bool(self.settlement.pending or self.worker.results
@@ -142,11 +152,14 @@ class Session:
         timeout = self.busy_interval if self.busy() else self.poll_interval
         idle = True
         if self.readable(timeout):
-            try:
-                conn.drain_events(timeout=timeout)
-                idle = False
-            except socket.timeout:
-                pass
+            if self.fast is not None:
+                idle = not self.fast.read()
+            else:
+                try:
+                    conn.drain_events(timeout=timeout)
+                    idle = False
+                except socket.timeout:
+                    pass
         reader = self.reader
         if reader is not None:
             if reader.gap is not None:
@@ -155,7 +168,7 @@ class Session:
                 self.probe_tail()
         # one hand-over per read from the socket, not one per message
         if self.batch and (idle or len(self.batch) >= HAND_OVER
-                           or not buffered(conn)):
+                           or not self.waiting()):
             self.hand_over()
         if self.worker.results:
             self.settle()

@@ -39,8 +39,9 @@ def body(thread, n):
 
 
 class Exclusive:
-    """Wraps the producer's py-amqp calls: counts any call made while
-    another thread is inside one on the same producer."""
+    """Wraps the producer's py-amqp calls and its fast path's writes:
+    counts any call made while another thread is inside one on the same
+    producer."""
 
     def __init__(self, producer, monkeypatch):
         self.producer = producer
@@ -51,7 +52,10 @@ class Exclusive:
         self._count_lock = threading.Lock()
         channel = producer.connection.channel    # connect now
         connection = producer.connection.connection
+        # the producer's fast path writes through transport.write (py-amqp's
+        # frame writer holds the original)
         for obj, name in ((channel, 'basic_publish'),
+                          (connection.transport, 'write'),
                           (connection, 'drain_events')):
             monkeypatch.setattr(obj, name, self.wrap(getattr(obj, name)))
 
