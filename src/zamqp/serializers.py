@@ -131,6 +131,9 @@ def check_untyped(value, setting='untyped='):
     return value
 
 
+_PLAIN = (str, type(None))
+
+
 @implementer(IDecoder)
 class Decoder:
     """The receive path of a consumer, up to the value for its callback.
@@ -172,6 +175,9 @@ class Decoder:
         self._serializers = {
             contentcoding.media_type(_by_name[n].content_type): _by_name[n]
             for n in self.accept}
+        #: (content_type, content_encoding) -> (media, charset) for the
+        #: types read before: parsed once, not for every message
+        self._types = {}
 
     @classmethod
     def for_props(cls, props, accept=None, allow=None, signed_allow=None,
@@ -217,9 +223,8 @@ class Decoder:
         """The value of ``body`` (decompressed) by its content type and
         charset (no signature or limit checks: ``__call__`` makes them)."""
         content_type = properties.get('content_type')
-        media, parameters = contentcoding.parse_content_type(content_type)
-        charset = contentcoding.charset(
-            parameters, properties.get('content_encoding'))
+        media, charset = self._content_type(
+            content_type, properties.get('content_encoding'))
         if not media:
             if self.untyped == 'bytes':
                 return bytes(body)
@@ -243,6 +248,28 @@ class Decoder:
                 f"cannot decode {serializer.name} body "
                 f"({len(body)} bytes): {type(exc).__name__}: {exc}"
             ) from None
+
+    #: Content types (with encodings) kept parsed, at most.
+    TYPES_KEPT = 64
+
+    def _content_type(self, content_type, content_encoding):
+        """``(media type, charset)`` of a message; MessageRefused for
+        content types and encodings that cannot be read. Parsed once per
+        pair of str (or None) values; refusals are not kept."""
+        key = (content_type, content_encoding)
+        cacheable = type(content_type) in _PLAIN and \
+            type(content_encoding) in _PLAIN
+        if cacheable:
+            known = self._types.get(key)
+            if known is not None:
+                return known
+        media, parameters = contentcoding.parse_content_type(content_type)
+        known = media, contentcoding.charset(parameters, content_encoding)
+        if cacheable:
+            if len(self._types) >= self.TYPES_KEPT:
+                self._types.clear()
+            self._types[key] = known
+        return known
 
     def _untyped(self, content_type):
         return (f"content type {content_type!r} has no serializer "

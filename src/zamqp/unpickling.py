@@ -234,4 +234,21 @@ def python3_name(module, name):
 
 def loads(body, rules):
     """Unpickle ``body`` resolving only globals that ``rules`` allow."""
-    return RestrictedUnpickler(io.BytesIO(body), rules).load()
+    return _unpickler_for(rules)(io.BytesIO(body), fix_imports=False).load()
+
+
+def _unpickler_for(rules):
+    """A RestrictedUnpickler class bound to ``rules`` (kept on them):
+    made once, it runs without a Python ``__init__`` per message (which
+    cost as much as unpickling a small message)."""
+    cls = getattr(rules, '_zamqp_unpickler', None)
+    if cls is not None and cls.rules is rules:
+        return cls
+    cls = type('RestrictedUnpickler', (RestrictedUnpickler,), {
+        'rules': rules, '__init__': pickle.Unpickler.__init__,
+        '__module__': __name__})
+    try:
+        rules._zamqp_unpickler = cls
+    except AttributeError:      # rules of a class without a __dict__
+        pass
+    return cls
