@@ -48,6 +48,7 @@ from struct import unpack_from
 from amqp import spec
 from amqp.channel import Channel
 
+from zamqp.fastproperties import decode as decode_properties
 from zamqp.frames import InboundMessage
 
 __all__ = ('BufferReader', 'RECV_SIZE')
@@ -233,10 +234,14 @@ class BufferReader:
         msg = InboundMessage(frame_method=_DELIVER, frame_args=args)
         msg.body_size = body_size
         msg.zamqp_header = header
-        try:
-            msg._load_properties(class_id, header, 12)
-        except Exception:       # noqa: BLE001 - the handler's fault path
-            return None         # (it decodes again and keeps the fault)
+        properties = decode_properties(header) if class_id == 60 else None
+        if properties is not None:
+            msg.properties = properties
+        else:
+            try:
+                msg._load_properties(class_id, header, 12)
+            except Exception:   # noqa: BLE001 - the handler's fault path
+                return None     # (it decodes again and keeps the fault)
         if chunks:      # else '' as py-amqp leaves it
             msg.body_received = received
             msg.body = chunks[0] if len(chunks) == 1 else b''.join(chunks)
