@@ -53,7 +53,7 @@ def check_depth(value, max_depth):
     graph; a reference back to an enclosing container (a cycle) ends a
     path, as it does for ``repr``. Each container is visited once.
     """
-    if max_depth is None:
+    if max_depth is None or max_depth >= 2 and _two_levels(value):
         return
     children = _children(value)
     if children is None or max_depth >= 2 and _shallow(children):
@@ -101,6 +101,40 @@ def _height(root, children, limit):
             if stack and height >= stack[-1][2]:
                 stack[-1][2] = height + 1
     return heights[id(root)]
+
+
+_SEQUENCES = frozenset((list, tuple, set, frozenset))
+
+
+def _two_levels(value):
+    """Whether ``value`` is a scalar, or a dict, list, tuple, set or
+    frozenset (exactly those types) of scalars and of such containers of
+    scalars: at most two levels, most messages (the quickest way out;
+    False says nothing)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        if not _scalars(value):
+            return False
+        value = value.values()
+    elif kind not in _SEQUENCES:
+        return False
+    scalars = _SCALARS
+    for child in value:
+        kind = type(child)
+        if kind in scalars:
+            continue
+        if kind is dict:
+            if not (_scalars(child) and _scalars(child.values())):
+                return False
+        elif kind not in _SEQUENCES or not _scalars(child):
+            return False
+    return True
+
+
+def _scalars(items):
+    return set(map(type, items)) <= _SCALARS
 
 
 def _shallow(children):

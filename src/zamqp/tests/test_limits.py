@@ -3,10 +3,14 @@ and accept lists that keep json-only consumers away from pickle."""
 import collections
 import json
 import logging
+import os
 import pickle
 
 import amqp
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
@@ -211,3 +215,42 @@ def test_shared_references_cannot_hide_depth():
         decoder(amqp.Message(body, content_type=PICKLE))
     assert decoder(amqp.Message(pickle.dumps(chain[220:]),
                                 content_type=PICKLE))[0] is not None
+
+
+# the quick way out of check_depth gives the walk's verdict
+
+_leaves = st.one_of(st.integers(), st.text(max_size=3), st.none(),
+                    st.booleans(), st.floats(allow_nan=False))
+_values = st.recursive(_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+    st.frozensets(_leaves, max_size=3),
+    st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    st.builds(collections.OrderedDict,
+              st.dictionaries(st.text(max_size=2), inner, max_size=2))),
+    max_leaves=10)
+
+
+def _verdict(value, max_depth):
+    try:
+        limits.check_depth(value, max_depth)
+    except MessageRefused:
+        return 'refused'
+    return 'passed'
+
+
+@settings(max_examples=400, deadline=None, database=None,
+          derandomize=bool(os.environ.get('CI')))
+@given(_values, st.integers(1, 4))
+def test_two_levels_shortcut_agrees_with_the_walk(value, max_depth):
+    """check_depth with its shortcut (exact dicts, lists, tuples and sets
+    of scalars and of containers of scalars) and without it, on random
+    values, subclasses (OrderedDict) included: the same verdict."""
+    quick = _verdict(value, max_depth)
+    original = limits._two_levels
+    limits._two_levels = lambda value: False
+    try:
+        assert _verdict(value, max_depth) == quick
+    finally:
+        limits._two_levels = original
+    if max_depth >= 2 and limits._two_levels(value):
+        assert quick == 'passed'
