@@ -42,7 +42,7 @@ holds decrypted bytes a poll does not see).
 from __future__ import annotations
 
 import socket
-from functools import partial
+from struct import Struct
 from struct import unpack_from
 
 from amqp import spec
@@ -64,6 +64,11 @@ CUT = object()
 _DELIVER = spec.Basic.Deliver
 _DELIVER_PREFIX = b'\x00\x3c\x00\x3c'       # class 60, method 60
 _FRAME_END = 0xCE
+#: A frame's type, channel and size; with a content header's class,
+#: weight, body size and property flags.
+_FRAME = Struct('>BHI').unpack_from
+_HEADER = Struct('>BHIHHQH').unpack_from
+_new = object.__new__
 
 
 class BufferReader:
@@ -143,9 +148,9 @@ class BufferReader:
                         self._cut = end - offset
                         break
                     if group is not None:
-                        offset, deliver = group
+                        offset = group[0]
                         dispatched = True
-                        deliver()
+                        _deliver(self.handler, channel, *group[1:])
                         continue
                 # py-amqp may read while it handles the frame (a
                 # channel it reopens waits for Channel.OpenOk): it
@@ -172,46 +177,50 @@ class BufferReader:
 
     def _group(self, data, offset, stop, end, channel):
         """The delivery group at ``offset`` (its method frame ends at
-        ``stop``), if it is complete and common: (the offset after it, a
-        function that hands the message to its callback); CUT if the
-        buffer ends inside it (wait for more) and it is not larger than
-        GROUP_LIMIT; else None (the frames go one by one to the
-        handler). Nothing is changed unless it returns a group."""
+        ``stop``), if it is complete and common: (the offset after it,
+        the message, channel, delivery_info and callback for _deliver);
+        CUT if the buffer ends inside it (wait for more) and it is not
+        larger than GROUP_LIMIT; else None (the frames go one by one to
+        the handler). Nothing is changed unless it returns a group."""
         handler = self.handler
         if channel in handler.partial or \
                 handler.expected.get(channel, 1) != 1:
             return None
-        # the content header frame
+        # the content header frame, its fields in one unpack
         head = stop + 1
         cut = CUT if end - offset < GROUP_LIMIT else None
-        if end - head < 8:
+        if end - head < 21:
+            if end - head < 8:
+                return cut
+            frame_type, hchannel, hsize = unpack_from('>BHI', data, head)
+            if frame_type != 2 or hchannel != channel or hsize < 14:
+                return None
             return cut
-        frame_type, hchannel, hsize = unpack_from('>BHI', data, head)
+        frame_type, hchannel, hsize, class_id, _weight, body_size, flags = \
+            _HEADER(data, head)
         hstop = head + 7 + hsize
         if frame_type != 2 or hchannel != channel or hsize < 14:
             return None
         if hstop >= end:
             return cut
-        if data[hstop] != _FRAME_END:
-            return None
-        class_id, body_size, flags = unpack_from('>HxxQH', data, head + 7)
-        if flags & 1 or body_size > self._max_size:
+        if data[hstop] != _FRAME_END or flags & 1 or \
+                body_size > self._max_size:
             return None
         if body_size > GROUP_LIMIT:
             cut = None
         header = data[head + 7:hstop]
-        if (hsize > self._deep and header[12] & 0x20 and
+        if (hsize > self._deep and flags & 0x2000 and
                 header.count(b'F') + header.count(b'A') >= self._max_depth):
             return None
         # the body frames
-        chunks = []
-        received = 0
         position = hstop + 1
+        frames = 0
+        body = chunks = None
+        received = 0
         while received < body_size:
             if end - position < 8:
                 return cut
-            frame_type, bchannel, bsize = unpack_from('>BHI', data,
-                                                      position)
+            frame_type, bchannel, bsize = _FRAME(data, position)
             bstop = position + 7 + bsize
             if frame_type != 3 or bchannel != channel:
                 return None
@@ -219,7 +228,14 @@ class BufferReader:
                 return cut
             if data[bstop] != _FRAME_END:
                 return None
-            chunks.append(data[position + 7:bstop])
+            piece = data[position + 7:bstop]
+            if body is None:
+                body = piece
+            else:
+                if chunks is None:
+                    chunks = [body]
+                chunks.append(piece)
+            frames += 1
             received += bsize
             position = bstop + 1
         if received != body_size:
@@ -231,30 +247,36 @@ class BufferReader:
         info = _deliver_info(args)
         if info is None:
             return None
-        msg = InboundMessage(frame_method=_DELIVER, frame_args=args)
-        msg.body_size = body_size
-        msg.zamqp_header = header
-        properties = decode_properties(header) if class_id == 60 else None
-        if properties is not None:
-            msg.properties = properties
-        else:
-            try:
-                msg._load_properties(class_id, header, 12)
-            except Exception:   # noqa: BLE001 - the handler's fault path
-                return None     # (it decodes again and keeps the fault)
-        if chunks:      # else '' as py-amqp leaves it
-            msg.body_received = received
-            msg.body = chunks[0] if len(chunks) == 1 else b''.join(chunks)
-        msg.ready = True
         channel_obj, callbacks = target
         callback = callbacks.get(info['consumer_tag'])
         if callback is None:
             return None         # py-amqp rejects it, and logs
-        self.connection.bytes_recv += 2 + len(chunks)
+        properties = decode_properties(header) if class_id == 60 else None
+        if properties is None:
+            probe = InboundMessage()
+            try:
+                probe._load_properties(class_id, header, 12)
+            except Exception:   # noqa: BLE001 - the handler's fault path
+                return None     # (it decodes again and keeps the fault)
+            properties = probe.properties
+        # the message as py-amqp's Message() and frame handler leave it
+        msg = _new(InboundMessage)
+        msg.frame_method = _DELIVER
+        msg.frame_args = args
+        msg.properties = properties
+        msg._pending_chunks = []
+        msg.body_size = body_size
+        msg.body_received = received
+        msg.body = '' if body is None else \
+            body if chunks is None else b''.join(chunks)
+        msg.ready = True
+        msg.delivery_info = None
+        msg.channel = None
+        msg.zamqp_header = header
+        self.connection.bytes_recv += 2 + frames
         handler.expected[channel] = 1
         self.fast += 1
-        return position, partial(_deliver, handler, channel, channel_obj,
-                                 msg, info, callback)
+        return position, msg, channel_obj, info, callback
 
     def _target(self, channel):
         """(channel, its callbacks) if a delivery on ``channel`` would
@@ -314,7 +336,7 @@ def _deliver_info(args):
         return None
 
 
-def _deliver(handler, channel, channel_obj, msg, info, callback):
+def _deliver(handler, channel, msg, channel_obj, info, callback):
     """What py-amqp's dispatch_method and _on_basic_deliver do for a
     plain delivery, with the handler naming it as current meanwhile."""
     if channel_obj.auto_decode and 'content_encoding' in msg.properties:
