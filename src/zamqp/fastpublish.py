@@ -62,6 +62,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from amqp import VERSION as _AMQP_VERSION
+from amqp.exceptions import RecoverableChannelError
 from amqp.exceptions import RecoverableConnectionError
 
 __all__ = ('ChannelWriter', 'PublishFrames', 'MAX_DEPTH', 'PROPERTY_NAMES')
@@ -389,6 +391,16 @@ class PublishFrames:
         return self.build(properties, body) is not None
 
 
+# What py-amqp's basic_publish makes of a write timeout: 5.4 a connection
+# error (for socket.timeout and TimeoutError), 5.3 a channel error (for
+# socket.timeout, which is not TimeoutError before Python 3.10).
+if _AMQP_VERSION[:2] >= (5, 4):
+    _TIMEOUTS, _TIMED_OUT = (socket.timeout, TimeoutError), \
+        RecoverableConnectionError
+else:
+    _TIMEOUTS, _TIMED_OUT = (socket.timeout,), RecoverableChannelError
+
+
 class ChannelWriter:
     """Publishes ``amqp.Message`` objects on one py-amqp channel to one
     exchange: the frames of :class:`PublishFrames` where it accepts the
@@ -397,8 +409,9 @@ class ChannelWriter:
     Contract: ``publish(msg, routing_key)`` has the effect of
     ``channel.basic_publish(msg, exchange, routing_key,
     mandatory=mandatory)``: the same bytes on the socket, the same
-    exceptions (``RecoverableConnectionError`` for a closed connection
-    or a write timeout, the socket's ``OSError`` otherwise, with the
+    exceptions (``RecoverableConnectionError`` for a closed connection,
+    the error py-amqp's version raises for a write timeout, the socket's
+    ``OSError`` otherwise, with the
     transport marked disconnected as py-amqp's ``write`` does), and the
     same draining of the socket first when the connection negotiated
     ``connection.blocked`` in its ``client_properties`` (zamqp's
@@ -461,8 +474,7 @@ class ChannelWriter:
                     'connection already closed')
         try:
             conn.transport.write(data)
-        except (socket.timeout, TimeoutError):
-            raise RecoverableConnectionError(
-                'basic_publish: timed out') from None
+        except _TIMEOUTS:
+            raise _TIMED_OUT('basic_publish: timed out') from None
         conn.bytes_sent += 1
         self.fast += 1
