@@ -100,6 +100,9 @@ def test_hostile_corpus_through_the_broker(consumers, admin):
                 passed.append(case)
             assert alive_and_delivered(made, threads, producer, n), \
                 f'after {case.name!r} ({verdict})'
+        for name, consumer in made.items():     # read the fast way
+            fast = consumer.session.fast
+            assert fast is not None and fast.fast > len(hf.CASES), name
     finally:
         raw.close()
     refused = {name: v for name, v in verdicts.items() if v != 'passed'}
