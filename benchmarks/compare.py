@@ -41,6 +41,7 @@ import os
 import pickle
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -81,6 +82,25 @@ TITLES = {
 CHUNK = 1000            # messages per confirmed publish_many
 FANOUT_PROCESSES = 4
 WARM_UP = 20            # untimed round trips before the timed ones
+
+
+def source_state():
+    """The git commit of the zamqp that runs, and its uncommitted files."""
+    here = os.path.dirname(zamqp.__file__)
+    try:
+        commit = subprocess.run(
+            ['git', '-C', here, 'rev-parse', '--short', 'HEAD'],
+            capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(
+            ['git', '-C', here, 'status', '--porcelain', '--', '.'],
+            capture_output=True, text=True, timeout=10).stdout.split('\n')
+    except (OSError, subprocess.SubprocessError):
+        return 'zamqp source: not a git checkout'
+    changed = [line[3:] for line in changed if line.strip()]
+    return (f'zamqp source: commit {commit or "unknown"}, '
+            f'{len(changed)} uncommitted file(s) under it'
+            + (f' ({", ".join(changed)})' if changed else '')
+            + f'; load average {os.getloadavg()[0]:.2f}')
 
 
 def rotate(items, rnd):
@@ -595,7 +615,7 @@ def run(args):
           f'{pika.__version__}, {AMQPProps(url=args.url).url()}\n'
           f'{args.messages} messages of {size} bytes (pickled dict) per '
           f'measurement, {args.round_trips} round trips, {args.rounds} '
-          f'rounds: {", ".join(args.only)}', flush=True)
+          f'rounds: {", ".join(args.only)}\n{source_state()}', flush=True)
     bench = Compare(args.url, args.messages, args.round_trips)
     tests = {name: rows for name, rows in plan(bench).items()
              if name in args.only}
@@ -611,6 +631,8 @@ def run(args):
                   flush=True)
     finally:
         bench.cleanup()
+    print(f'took {time.monotonic() - started:.0f} s; at the end: '
+          f'{source_state()}')
     return {name: (tests[name], results[name]) for name in tests}
 
 

@@ -59,6 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import Compare  # noqa: E402
 from compare import drain  # noqa: E402
 from compare import rotate  # noqa: E402
+from compare import source_state  # noqa: E402
 from compare import timed  # noqa: E402
 from throughput import CONTENT_TYPE  # noqa: E402
 from throughput import PROTOCOL  # noqa: E402
@@ -427,7 +428,8 @@ def run(args):
           f'{args.rounds} rounds; body sizes {sizes_text(args.sizes)} '
           f'(<= {args.messages} messages, <= {args.max_bytes / MB:.0f} MB '
           f'per measurement); {args.deliveries} deliveries to '
-          f'{", ".join(map(str, args.consumers))} consumers', flush=True)
+          f'{", ".join(map(str, args.consumers))} consumers\n'
+          f'{source_state()}', flush=True)
     bench = Scaling(args.url)
     started = time.monotonic()
     try:
@@ -436,7 +438,8 @@ def run(args):
             else {}
     finally:
         bench.cleanup()
-    print(f'took {time.monotonic() - started:.0f} s')
+    print(f'took {time.monotonic() - started:.0f} s; at the end: '
+          f'{source_state()}')
     return args, sizes, consumers
 
 
@@ -549,7 +552,7 @@ def plot(sizes, consumers, path):
 
 
 def main(argv=None):
-    parser = parser_for(__doc__, rounds=3)
+    parser = parser_for(__doc__, rounds=5)
     here = os.path.dirname(os.path.abspath(__file__))
     parser.add_argument('--sizes', type=int, nargs='*', default=list(SIZES),
                         help='body sizes in bytes (default 100 1000 10000 '
