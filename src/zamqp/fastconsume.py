@@ -97,6 +97,8 @@ class BufferReader:
             14 + 5 * (max_depth - 1)
         self._max_depth = max_depth
         self._cut = None    # buffer length when a delivery was cut short
+        self._need = 0      # ... and the length it needs (an estimate)
+        self._need_at = 0   # where that delivery ends, if known
 
     def has_frame(self) -> bool:
         """Whether a complete frame waits in the read buffer (and not only
@@ -110,19 +112,62 @@ class BufferReader:
     def read(self) -> bool:
         """Read what the socket holds (without waiting) and dispatch every
         complete frame; True if a frame was dispatched."""
-        transport = self.transport
-        if not self.has_frame():
-            try:
-                chunk = transport.sock.recv(self.recv_size,
-                                            socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False
-            if not chunk:       # the end: py-amqp raises for it
-                self.connection.blocking_read(1.0)
-                return True
-            data = transport._read_buffer
-            transport._read_buffer = data + chunk if data else chunk
+        if not self.has_frame() and not self._receive():
+            return False
         return self._dispatch()
+
+    def _receive(self):
+        """Read from the socket, without waiting, until the buffer holds
+        a complete frame (or the delivery it waits for) or the socket has
+        no more for now; False if it had nothing at all."""
+        transport = self.transport
+        recv = transport.sock.recv
+        data = transport._read_buffer
+        have = len(data)
+        parts = [data] if data else []
+        try:
+            while True:
+                chunk = recv(self._wanted(have), socket.MSG_DONTWAIT)
+                if not chunk:   # the end: py-amqp raises for it
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+                head = parts[0] if len(parts[0]) >= 7 else b''.join(parts)
+                if self._complete(head, have):
+                    break
+        except (BlockingIOError, InterruptedError):
+            if have == len(data):
+                return False
+        if len(parts) > 1 or parts and parts[0] is not data:
+            transport._read_buffer = b''.join(parts)
+        if not chunk:
+            self.connection.blocking_read(1.0)
+        return True
+
+    def _complete(self, head, have):
+        """Whether ``have`` bytes starting with ``head`` hold the frame
+        (or the delivery waited for) at the start of the buffer."""
+        if self._cut is not None and self._cut == len(
+                self.transport._read_buffer):
+            return have >= self._need
+        if len(head) < 7:
+            return False
+        size, = unpack_from('>I', head, 3)
+        return have >= size + 8
+
+    def _wanted(self, have):
+        """Bytes to ask the socket for, ``have`` bytes being read:
+        ``recv_size``, or what the frame (or the delivery waited for) at
+        the start of the buffer still misses, if more: a large body
+        comes in few reads and copies."""
+        data = self.transport._read_buffer
+        missing = 0
+        if self._cut is not None and len(data) == self._cut:
+            missing = self._need - have
+        elif len(data) >= 7:
+            size, = unpack_from('>I', data, 3)
+            missing = size + 8 - have
+        return missing if missing > self.recv_size else self.recv_size
 
     def _dispatch(self):
         transport = self.transport
@@ -146,6 +191,7 @@ class BufferReader:
                     group = self._group(data, offset, stop, end, channel)
                     if group is CUT:
                         self._cut = end - offset
+                        self._need = self._need_at - offset
                         break
                     if group is not None:
                         offset = group[0]
@@ -189,6 +235,7 @@ class BufferReader:
         # the content header frame, its fields in one unpack
         head = stop + 1
         cut = CUT if end - offset < GROUP_LIMIT else None
+        self._need_at = 0
         if end - head < 21:
             if end - head < 8:
                 return cut
@@ -208,6 +255,8 @@ class BufferReader:
             return None
         if body_size > GROUP_LIMIT:
             cut = None
+        chunk = self.connection.frame_max - 8
+        self._need_at = hstop + 1 + body_size + 8 * -(-body_size // chunk)
         header = data[head + 7:hstop]
         if (hsize > self._deep and flags & 0x2000 and
                 header.count(b'F') + header.count(b'A') >= self._max_depth):
