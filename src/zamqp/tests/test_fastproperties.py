@@ -52,7 +52,7 @@ def header(props, body_size=10):
 @SETTINGS
 @given(_properties)
 def test_well_formed_as_py_amqp(props):
-    assert check(header(props)) is not None
+    assert check(header(props)) is not None or not fastproperties.AVAILABLE
 
 
 @SETTINGS
@@ -96,5 +96,32 @@ def test_common_header():
 
 
 def test_available_exactly_with_the_decoder_it_follows():
+    """On where py-amqp decodes with decode_properties_basic and reads
+    what this module reads (py-amqp 5.4); off before (5.3 decodes
+    timestamps to datetimes, tables otherwise)."""
+    follows = getattr(serialization, 'decode_properties_basic', None)
     assert fastproperties.AVAILABLE == (
-        getattr(serialization, 'decode_properties_basic', None) is not None)
+        follows is not None
+        and serialization.PROPERTY_CLASSES.get(60) is follows
+        and fastproperties._agrees())
+
+
+def test_a_py_amqp_that_reads_otherwise_turns_it_off(monkeypatch):
+    """The check at import compares with py-amqp on every flat field
+    type: a py-amqp that read one differently would switch the module
+    off (here: one reading 'L' as unsigned, as some stacks do)."""
+    follows = getattr(serialization, 'decode_properties_basic', None)
+    if not fastproperties.AVAILABLE:    # py-amqp 5.3: already off
+        assert not fastproperties._agrees() or follows is None or \
+            serialization.PROPERTY_CLASSES.get(60) is not follows
+        return
+
+    def unsigned_l(buf, offset):
+        properties, end = follows(buf, offset)
+        headers = properties['application_headers']
+        headers['L'] %= 2 ** 64
+        return properties, end
+
+    assert fastproperties._agrees()
+    monkeypatch.setattr(fastproperties, '_PY_AMQP', unsigned_l)
+    assert not fastproperties._agrees()
