@@ -4,10 +4,13 @@ signed messages only. The broker tests run against the real RabbitMQ."""
 import datetime
 import decimal
 import logging
+import os
 import pickle
 import time
 
 import amqp
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from zamqp import AMQPConsumer
@@ -387,3 +390,32 @@ def test_headers_nested_beyond_the_recursion_limit_are_refused():
     with pytest.raises(MessageRefused) as info:
         signing.signed_fields({'application_headers': {'h': value}})
     assert 'cannot sign or verify' in str(info.value)
+
+
+def _parse_by_the_rules(value):
+    """What a signature header must be: 'v1:<8 chars>:<64 hex digits>'."""
+    parts = value.split(':')
+    if len(parts) != 3 or parts[0] != 'v1' or len(parts[1]) != 8 \
+            or len(parts[2]) != 64 or not set(parts[2]) <= set(
+                '0123456789abcdef'):
+        return 'refused'
+    return tuple(parts)
+
+
+@hypothesis.settings(max_examples=2000, deadline=None, database=None,
+                     derandomize=bool(os.environ.get('CI')))
+@hypothesis.given(hypothesis.strategies.one_of(
+    hypothesis.strategies.text('v1:0123456789abcdefABxyz', max_size=90),
+    hypothesis.strategies.tuples(
+        hypothesis.strategies.text('0123456789abcdef:x', min_size=7,
+                                   max_size=9),
+        hypothesis.strategies.text('0123456789abcdefA:', min_size=63,
+                                   max_size=65)).map(
+        lambda kv: f'v1:{kv[0]}:{kv[1]}')))
+def test_signature_header_parsed_by_its_rules(value):
+    """The quick form check of the header and the general one agree."""
+    try:
+        got = tuple(signing._parse(value))
+    except MessageRefused:
+        got = 'refused'
+    assert got == _parse_by_the_rules(value)
