@@ -11,7 +11,11 @@ AMQPThread). Measurements (``--only`` picks some, comma-separated):
   ``AMQPProducer(confirm=False)(obj)``; and zamqp's default producer
   (windowed confirms) timed until ``flush()`` returned;
 * consume: auto-ack, from a queue pre-filled (untimed, by a raw
-  publisher) with N messages, first to last message;
+  publisher) with N messages, first to last message; plus two
+  "ceiling" rows: the leanest Python consumer (zamqp's BufferReader on
+  one connection, ``pickle.loads``, nothing else) with ``no_ack`` and
+  with acks every 100 messages (prefetch 1000, as zamqp's ``ack=False``
+  consumer acknowledges): what the broker delivers at most;
 * consume-ack: the same with prefetch 100 and an ack per message
   (zamqp: ``ack=True``);
 * confirms: zamqp ``AMQPProducer(confirm=True).publish_many(chunk)``
@@ -39,6 +43,7 @@ and deleted at the end.
 import multiprocessing
 import os
 import pickle
+import select
 import socket
 import statistics
 import subprocess
@@ -56,6 +61,9 @@ from zamqp import AMQPConsumer
 from zamqp import AMQPProducer
 from zamqp import AMQPProps
 from zamqp import AMQPThread
+from zamqp import frames
+from zamqp.fastconsume import BufferReader
+from zamqp.transport import ConsumerConnection
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import CONTENT_TYPE  # noqa: E402
@@ -301,6 +309,46 @@ class Compare(Bench):
                 prefetch_count=self.prefetch if ack else None)
             with consumer:
                 drain(counter, lambda: conn.drain_events(timeout=1))
+        return counter.rate(queue, self.checksum)
+
+    def consume_ceiling(self, ack):
+        """What the broker delivers to the leanest Python consumer: one
+        connection read by zamqp.fastconsume's BufferReader, the callback
+        ``pickle.loads`` and nothing else (no worker thread, no checks);
+        with ``ack`` it acknowledges every 100 messages (prefetch 1000),
+        as zamqp's ``ack=False`` consumer does, else ``no_ack``."""
+        queue = self.new_queue('ceiling-ack' if ack else 'ceiling')
+        self.fill(queue)
+        counter = Counter(self.n)
+        props = self.props
+        conn = ConsumerConnection(
+            host=props.address, userid=props.user, password=props.password,
+            virtual_host=props.virtual_host,
+            connect_timeout=props.connect_timeout)
+        conn.connect()
+        try:
+            channel = conn.channel()
+            if ack:
+                channel.basic_qos(0, 1000, False)
+            loads, seen = pickle.loads, counter.seen
+
+            def on_message(message):
+                seen(loads(message.body))
+                if ack and counter.count % 100 == 0:
+                    channel.basic_ack(message.delivery_tag, multiple=True)
+
+            channel.basic_consume(queue, callback=on_message, no_ack=not ack)
+            reader = BufferReader(conn, frames.install(conn))
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+
+            def step():
+                if not reader.has_frame():
+                    poller.poll(1000)
+                reader.read()
+            drain(counter, step)
+        finally:
+            conn.close()
         return counter.rate(queue, self.checksum)
 
     def consume_pika(self, ack):
@@ -576,7 +624,9 @@ def plan(bench):
             (raw, lambda: b.consume_raw(False), raw),
             ('kombu', lambda: b.consume_kombu(False), raw),
             ('pika', lambda: b.consume_pika(False), raw),
-            ('zamqp', lambda: b.consume_zamqp(False), raw)],
+            ('zamqp', lambda: b.consume_zamqp(False), raw),
+            ('ceiling, no ack', lambda: b.consume_ceiling(False), raw),
+            ('ceiling, acks', lambda: b.consume_ceiling(True), raw)],
         'consume-ack': [
             (raw, lambda: b.consume_raw(True), raw),
             ('kombu', lambda: b.consume_kombu(True), raw),
