@@ -75,6 +75,7 @@ from throughput import Lost  # noqa: E402
 from throughput import execute  # noqa: E402
 from throughput import parser_for  # noqa: E402
 from throughput import payload  # noqa: E402
+from throughput import run_until_done  # noqa: E402
 
 MEASUREMENTS = ('publish', 'consume', 'consume-ack', 'confirms', 'signed',
                 'roundtrip', 'fanout')
@@ -385,15 +386,7 @@ class Compare(Bench):
         consumer = AMQPConsumer(queue, props or self.props, counter.seen,
                                 shared=True, ack=ack,
                                 prefetch=self.prefetch if ack else None)
-        counter.on_done = consumer.stop
-        thread = AMQPThread(consumer)
-        thread.start()
-        try:
-            if consumer.error is not None:
-                raise consumer.error
-            counter.wait()
-        finally:
-            thread.stop()
+        run_until_done(consumer, counter)
         return counter.rate(queue, self.checksum)
 
     # round trips

@@ -69,6 +69,7 @@ from throughput import Lost  # noqa: E402
 from throughput import execute  # noqa: E402
 from throughput import parser_for  # noqa: E402
 from throughput import payload  # noqa: E402
+from throughput import run_until_done  # noqa: E402
 
 SIZES = (100, 1000, 10_000, 100_000, 1_000_000)
 CONSUMERS = (1, 10, 50, 200)
@@ -172,15 +173,7 @@ class Scaling(Compare):
         counter = SizeCounter(self.n, self.size)
         consumer = AMQPConsumer(queue, self.props, counter.seen,
                                 shared=True, ack=False)
-        counter.on_done = consumer.stop
-        thread = AMQPThread(consumer)
-        thread.start()
-        try:
-            if consumer.error is not None:
-                raise consumer.error
-            counter.wait()
-        finally:
-            thread.stop()
+        run_until_done(consumer, counter)
         return self.consumed(queue, counter)
 
     def consumed(self, queue, counter):

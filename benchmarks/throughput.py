@@ -239,16 +239,23 @@ class Bench:
         consumer = AMQPConsumer(queue, self.props, counter.seen,
                                 shared=True, ack=ack,
                                 prefetch=self.prefetch if ack else None)
-        counter.on_done = consumer.stop
-        thread = AMQPThread(consumer)
-        thread.start()
-        try:
-            if consumer.error is not None:
-                raise consumer.error
-            counter.wait()
-        finally:
-            thread.stop()
+        run_until_done(consumer, counter)
         return counter.rate(queue, self.checksum)
+
+
+def run_until_done(consumer, counter):
+    """Run ``consumer`` in an AMQPThread until ``counter`` has seen every
+    message (or stalled), then stop it; its error, if it failed to start,
+    is raised."""
+    counter.on_done = consumer.stop
+    thread = AMQPThread(consumer)
+    thread.start()
+    try:
+        if consumer.error is not None:
+            raise consumer.error
+        counter.wait()
+    finally:
+        thread.stop()
 
 
 class Counter:
